@@ -1,0 +1,260 @@
+"""Contractive Diffusion Policy for LeRobot: ``DiffusionPolicy`` + contraction penalty + ODE sampler.
+
+The checkpoint layout is LeRobot's ``diffusion`` one (``diffusion.unet.*``, ``diffusion.rgb_encoder.*``):
+no parameter or buffer is added, so ``diffusion`` weights load into ``cdp`` and back.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+
+from lerobot.policies.diffusion.modeling_diffusion import DiffusionModel, DiffusionPolicy
+from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
+
+from cdp_plugin.contraction import (
+    contraction_penalty,
+    fd_probe_penalty,
+    fd_probe_rows,
+    penalty_sample_mask,
+    sym_extreme_eigs,
+    x0_jacobian_coeffs,
+)
+from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig
+from cdp_plugin.samplers import alpha_sigma, make_scheduler
+
+# Optional batch keys that pin the random draws of one training step (tests, DDP equivalence checks).
+NOISE_KEY, TIMESTEPS_KEY, PROBE_KEY = "cdp.noise", "cdp.timesteps", "cdp.probe"
+# Under autocast a forward difference with h = 1e-3 drowns in bf16/fp16 rounding: use at least this step.
+AMP_MIN_FD_STEP = 5e-2
+
+
+class ContractiveDiffusionModel(DiffusionModel):
+    """LeRobot's ``DiffusionModel`` with the contraction penalty in ``compute_loss`` and an ODE sampler."""
+
+    def __init__(self, config: ContractiveDiffusionConfig):
+        super().__init__(config)
+        self.contraction = config.contraction_config()
+        self.sampling_scheduler = (
+            self.noise_scheduler if config.sampler == "ddpm" else make_scheduler(config.sampler, config.schedule_config())
+        )
+        self._train_step = 0
+
+    # ----------------------------------------------------------------------------------- sampling
+    def conditional_sample(self, batch_size, global_cond=None, generator=None, noise=None) -> Tensor:
+        """LeRobot's reverse loop, run with the configured (deterministic) scheduler."""
+        original = self.noise_scheduler
+        self.noise_scheduler = self.sampling_scheduler
+        try:
+            return super().conditional_sample(batch_size, global_cond=global_cond, generator=generator, noise=noise)
+        finally:
+            self.noise_scheduler = original
+
+    # ----------------------------------------------------------------------------------- training
+    def _check_batch(self, batch: dict[str, Tensor]) -> None:
+        missing = [k for k in (OBS_STATE, ACTION) if k not in batch]
+        if missing:
+            raise KeyError(f"cdp: batch is missing {missing}; it has {sorted(batch)}")
+        if OBS_IMAGES not in batch and OBS_ENV_STATE not in batch:
+            raise KeyError(f"cdp: batch needs images or '{OBS_ENV_STATE}'; it has {sorted(batch)}")
+        act, st = batch[ACTION], batch[OBS_STATE]
+        if act.dim() != 3 or act.shape[1] != self.config.horizon:
+            raise ValueError(f"cdp: '{ACTION}' must be (B, horizon={self.config.horizon}, action_dim), got {tuple(act.shape)}")
+        if st.dim() != 3 or st.shape[1] != self.config.n_obs_steps:
+            raise ValueError(
+                f"cdp: '{OBS_STATE}' must be (B, n_obs_steps={self.config.n_obs_steps}, state_dim), got {tuple(st.shape)}"
+            )
+        for k in (ACTION, OBS_STATE, OBS_ENV_STATE):
+            if k in batch and not torch.isfinite(batch[k]).all():
+                raise ValueError(f"cdp: non-finite values in batch['{k}']")
+
+    def _target(self, trajectory: Tensor, eps: Tensor, timesteps: Tensor) -> Tensor:
+        p = self.config.prediction_type
+        if p == "epsilon":
+            return eps
+        if p == "sample":
+            return trajectory
+        return self.noise_scheduler.get_velocity(trajectory, eps, timesteps)
+
+    def _diffusion_loss(self, pred: Tensor, target: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        loss = F.mse_loss(pred, target, reduction="none")
+        if self.config.do_mask_loss_for_padding:
+            if "action_is_pad" not in batch:
+                raise ValueError("cdp: do_mask_loss_for_padding=True needs 'action_is_pad' in the batch")
+            mask = (~batch["action_is_pad"]).unsqueeze(-1)
+            return (loss * mask).sum() / (mask.sum() * loss.shape[-1]).clamp_min(1)
+        return loss.mean()
+
+    def compute_loss(self, batch: dict[str, Tensor], return_info: bool = False):
+        """Denoising loss + gamma * contraction penalty at the same (x_t, t).
+
+        Returns the total loss, or ``(loss, info)`` with ``return_info=True`` where ``info`` holds floats
+        for LeRobot's training log. The penalty is skipped when gradients are disabled (validation).
+        """
+        self._check_batch(batch)
+        cfg, ccfg = self.config, self.contraction
+        global_cond = self._prepare_global_conditioning(batch)
+        trajectory = batch[ACTION]
+        B = trajectory.shape[0]
+        T = self.noise_scheduler.config.num_train_timesteps
+        eps = batch.get(NOISE_KEY)
+        if eps is None:
+            eps = torch.randn(trajectory.shape, device=trajectory.device)
+        timesteps = batch.get(TIMESTEPS_KEY)
+        if timesteps is None:
+            timesteps = torch.randint(0, T, (B,), device=trajectory.device).long()
+        noisy = self.noise_scheduler.add_noise(trajectory, eps, timesteps)
+        alpha, sigma = alpha_sigma(self.noise_scheduler, timesteps)
+        alpha, sigma = alpha.to(trajectory.dtype), sigma.to(trajectory.dtype)
+        t_frac = timesteps.float() / T
+
+        step = self._train_step
+        training = torch.is_grad_enabled() and self.training
+        if training:
+            self._train_step += 1
+        active = training and ccfg.applies_at_step(step)
+        info: dict[str, float] = {}
+        penalty = trajectory.new_zeros(())
+
+        if active and ccfg.loss == "frobenius" and ccfg.estimator == "fd_probe":
+            # The perturbed rows ride in the denoising forward pass: one network call, one ordinary backward.
+            idx = penalty_sample_mask(B, ccfg, t_frac, device=trajectory.device)
+            h = ccfg.fd_step
+            if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
+                h = max(h, AMP_MIN_FD_STEP)
+            if PROBE_KEY in batch:
+                v = batch[PROBE_KEY][idx]
+                x_pert = noisy[idx] + h * v
+            else:
+                x_pert, v = fd_probe_rows(noisy[idx], h, ccfg.probe)
+            out = self.unet(
+                torch.cat([noisy, x_pert]),
+                torch.cat([timesteps, timesteps[idx]]),
+                global_cond=torch.cat([global_cond, global_cond[idx]]),
+            )
+            pred, pred_pert = out[:B], out[B:]
+            if idx.numel() > 0:
+                per = fd_probe_penalty(
+                    pred[idx], pred_pert, v, h, alpha[idx], sigma[idx], cfg.prediction_type, ccfg.margin, ccfg.residual_weight
+                )
+                penalty = per.mean()
+                a, c = x0_jacobian_coeffs(alpha[idx], sigma[idx], cfg.prediction_type)
+                jv = ((pred_pert - pred[idx]).float() / h).detach()
+                vv = v.float().flatten(1).pow(2).sum(1)
+                info["contraction_probe_rayleigh"] = ((a * vv + c * (jv * v).flatten(1).sum(1)) / vv).mean().item()
+        else:
+            pred = self.unet(noisy, timesteps, global_cond=global_cond)
+            if active:
+                fn = lambda x, i: self.unet(x, timesteps[i], global_cond=global_cond[i])  # noqa: E731
+                penalty, diag = contraction_penalty(fn, noisy, alpha, sigma, cfg.prediction_type, ccfg, t_frac)
+                info.update({f"contraction_{k}": v for k, v in diag.items() if k in ("lambda_max", "lambda_min", "violation_frac")})
+
+        if not torch.isfinite(penalty):
+            raise FloatingPointError(
+                f"cdp: non-finite contraction penalty at step {step} (estimator={ccfg.estimator}); not adding it to the loss"
+            )
+        diffusion_loss = self._diffusion_loss(pred, self._target(trajectory, eps, timesteps), batch)
+        loss = diffusion_loss + ccfg.weight * penalty
+
+        if return_info:
+            info["diffusion_loss"] = diffusion_loss.item()
+            info["contraction_loss"] = penalty.item()
+            if training and cfg.contraction_diag_every and step % cfg.contraction_diag_every == 0:
+                info.update(self._eig_diagnostics(noisy, timesteps, global_cond, alpha, sigma))
+        return (loss, info) if return_info else loss
+
+    def _eig_diagnostics(self, noisy, timesteps, global_cond, alpha, sigma) -> dict[str, float]:
+        """Lanczos lambda_max / lambda_min of sym J_x0 on a few training samples (no effect on gradients)."""
+        n = min(self.config.contraction_diag_samples, noisy.shape[0])
+        t, cond = timesteps[:n], global_cond[:n].detach()
+        lmin, lmax = sym_extreme_eigs(
+            lambda x: self.unet(x, t, global_cond=cond),
+            noisy[:n].detach().float(),
+            num_iters=self.config.contraction_lanczos_iters,
+            alpha=alpha[:n],
+            sigma=sigma[:n],
+            prediction_type=self.config.prediction_type,
+        )
+        return {
+            "contraction_lambda_max": lmax.mean().item(),
+            "contraction_lambda_min": lmin.mean().item(),
+            "contraction_violation_frac": (lmax >= alpha[:n]).float().mean().item(),
+        }
+
+
+class ContractiveDiffusionPolicy(DiffusionPolicy):
+    """Contractive Diffusion Policy (Abyaneh et al., ICLR 2026) as LeRobot policy type ``cdp``."""
+
+    config_class = ContractiveDiffusionConfig
+    name = "cdp"
+
+    def __init__(self, config: ContractiveDiffusionConfig, **kwargs):
+        # DiffusionPolicy.__init__ hard-codes DiffusionModel; build ours in its place (same keys).
+        super(DiffusionPolicy, self).__init__(config)
+        config.validate_features()
+        self.config = config
+        self._queues = None
+        self.diffusion = ContractiveDiffusionModel(config)
+        self.reset()
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        if self.config.image_features:
+            batch = dict(batch)
+            for key in self.config.image_features:
+                if self.config.n_obs_steps == 1 and batch[key].ndim == 4:
+                    batch[key] = batch[key].unsqueeze(1)
+            batch[OBS_IMAGES] = torch.stack([batch[key] for key in self.config.image_features], dim=-4)
+        loss, info = self.diffusion.compute_loss(batch, return_info=True)
+        return loss, info
+
+    def generate_model_card(self, dataset_repo_id, model_type, license, tags, cfg=None, dataset_meta=None):
+        """LeRobot's model card plus the paper, the sign convention used and the contraction settings."""
+        from huggingface_hub import ModelCard, ModelCardData
+        from lerobot.policies.pretrained import _build_card_context
+
+        card_data = ModelCardData(
+            license=license or "apache-2.0",
+            library_name="lerobot",
+            pipeline_tag="robotics",
+            tags=sorted(set(tags or []) | {"robotics", "lerobot", "cdp", "diffusion-policy", "contractive"}),
+            model_name=model_type,
+            datasets=dataset_repo_id,
+        )
+        context = _build_card_context(cfg, dataset_meta, self.config.input_features, self.config.output_features)
+        context["policy_repo_id"] = getattr(self.config, "repo_id", None)
+        context["base_model"] = None
+        template = files("lerobot.templates").joinpath("lerobot_modelcard_template.md").read_text(encoding="utf-8")
+        card = ModelCard.from_template(card_data, template_str=template, **context)
+        card.text = card.text + "\n" + model_card_section(self.config)
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+            card.validate()
+        return card
+
+
+def model_card_section(config: ContractiveDiffusionConfig) -> str:
+    """Markdown section naming the policy type, the paper and the contraction settings."""
+    rows = "\n".join(
+        f"| `{name}` | `{getattr(config, name)}` |"
+        for name in (
+            "prediction_type", "sampler", "num_inference_steps", "contraction_loss", "contraction_estimator",
+            "contraction_weight", "contraction_margin", "contraction_batch_fraction", "contraction_every",
+            "contraction_noise_window",
+        )
+    )
+    return f"""
+## Contractive Diffusion Policy (`cdp`)
+
+This is a **Contractive Diffusion Policy** (policy type `cdp`, installed with `pip install lerobot_policy_cdp`):
+a LeRobot diffusion policy trained with an extra loss that penalises the Jacobian of the denoiser's x0 prediction
+w.r.t. the noisy action, so that the deterministic (ODE) sampler is contractive
+(Abyaneh et al., *Contractive Diffusion Policies*, ICLR 2026, https://openreview.net/forum?id=iKJbmx1iuQ).
+Contraction holds when lambda_max(sym J_x0) < alpha_t; the penalty is formed on J_x0 for every prediction type.
+
+| setting | value |
+|---|---|
+{rows}
+"""

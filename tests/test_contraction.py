@@ -1,0 +1,345 @@
+"""Contraction core: matvec oracle, estimators, gradients, sign, bad input (issue 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cdp_plugin.contraction import (
+    ContractionConfig,
+    contraction_penalty,
+    exact_jacobian,
+    fd_probe_penalty,
+    hutchinson_frobenius,
+    lanczos_extreme_eigs,
+    penalty_sample_mask,
+    sym_extreme_eigs,
+    sym_jacobian_matvec,
+    x0_jacobian_coeffs,
+    x0_sym_jacobian_matvec,
+)
+
+DT = torch.float64
+
+
+def spectrum_matrices(B, D, g, outliers=(2.0, -3.0), bulk=0.5, skew=0.7):
+    """Per-sample A_b = Q diag(spec) Q^T + K with a bulk in [-bulk, bulk], a few outliers, and a skew part."""
+    mats, specs = [], []
+    for _ in range(B):
+        q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=DT))
+        spec = (torch.rand(D, generator=g, dtype=DT) * 2 - 1) * bulk
+        k = min(len(outliers), D)
+        spec[:k] = torch.tensor(outliers[:k], dtype=DT)
+        S = q @ torch.diag(spec) @ q.T
+        R = torch.randn(D, D, generator=g, dtype=DT)
+        mats.append(S + skew * (R - R.T) / math.sqrt(D))
+        specs.append(spec.sort().values)
+    return torch.stack(mats), torch.stack(specs)
+
+
+def linear_fn(A, shape):
+    """Denoiser x -> A_b x on inputs of shape (B, *shape) (per-sample, no batch mixing)."""
+
+    def fn(x):
+        B = x.shape[0]
+        return torch.einsum("bij,bj->bi", A, x.reshape(B, -1)).reshape(B, *shape)
+
+    return fn
+
+
+@pytest.mark.parametrize("shape", [(2,), (4, 3), (16, 7)])
+def test_sym_matvec_matches_symmetric_part(shape):
+    g = torch.Generator().manual_seed(0)
+    D = math.prod(shape)
+    A, _ = spectrum_matrices(3, D, g)
+    x = torch.randn(3, *shape, generator=g, dtype=DT)
+    mv = sym_jacobian_matvec(linear_fn(A, shape), x)
+    v = torch.randn(3, *shape, generator=g, dtype=DT)
+    want = torch.einsum("bij,bj->bi", 0.5 * (A + A.transpose(1, 2)), v.reshape(3, -1)).reshape(v.shape)
+    torch.testing.assert_close(mv(v), want)
+    torch.testing.assert_close(exact_jacobian(linear_fn(A, shape), x), A)
+
+
+def test_matvec_is_per_sample_on_a_nonlinear_net():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Linear(32, 6)).double()
+    fn = lambda x: net(x.reshape(x.shape[0], -1)).reshape(x.shape)  # noqa: E731
+    x = torch.randn(4, 2, 3, dtype=DT)
+    J = exact_jacobian(fn, x)
+    v = torch.randn(4, 2, 3, dtype=DT)
+    got = sym_jacobian_matvec(fn, x)(v)
+    want = torch.einsum("bij,bj->bi", 0.5 * (J + J.transpose(1, 2)), v.reshape(4, -1)).reshape(v.shape)
+    torch.testing.assert_close(got, want)
+    # changing one sample's input does not change another sample's product
+    x2 = x.clone()
+    x2[0] += 1.0
+    got2 = sym_jacobian_matvec(fn, x2)(v)
+    torch.testing.assert_close(got2[1:], got[1:])
+
+
+@pytest.mark.parametrize("D", [2, 8, 32, 112, 224])
+@pytest.mark.parametrize("outliers", [(2.0, -3.0), (1.5, 1.2, -2.0), (-4.0, -2.5, 2.0)])
+def test_lanczos_extremes_within_2pct_of_spread(D, outliers):
+    g = torch.Generator().manual_seed(D)
+    A, spec = spectrum_matrices(4, D, g, outliers=outliers)
+    x = torch.randn(4, D, generator=g, dtype=DT)
+    lmin, lmax = sym_extreme_eigs(linear_fn(A, (D,)), x, num_iters=8, generator=g)
+    spread = spec[:, -1] - spec[:, 0]
+    assert ((lmax - spec[:, -1]).abs() <= 0.02 * spread).all(), (lmax, spec[:, -1])
+    assert ((lmin - spec[:, 0]).abs() <= 0.02 * spread).all(), (lmin, spec[:, 0])
+
+
+def test_lanczos_finds_positive_top_when_largest_magnitude_is_negative():
+    """The official power iteration returns ~ -3 here; Lanczos returns the true lambda_max = 0.4."""
+    g = torch.Generator().manual_seed(1)
+    D = 64
+    q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=DT))
+    spec = torch.linspace(-3.0, 0.4, D, dtype=DT)
+    A = (q @ torch.diag(spec) @ q.T).expand(2, D, D)
+    x = torch.randn(2, D, generator=g, dtype=DT)
+    lmin, lmax = sym_extreme_eigs(linear_fn(A, (D,)), x, num_iters=8, generator=g)
+    assert (lmax > 0.3).all() and (lmax <= 0.4 + 1e-9).all()
+    assert ((lmin + 3.0).abs() < 0.07).all()
+    # plain power iteration on the same operator converges to the largest-magnitude (negative) end
+    mv = sym_jacobian_matvec(linear_fn(A, (D,)), x)
+    v = torch.randn(2, D, generator=g, dtype=DT)
+    for _ in range(10):
+        v = mv(v, create_graph=False)
+        v = v / v.norm(dim=1, keepdim=True)
+    assert ((mv(v, create_graph=False) * v).sum(1) < -2.5).all()
+
+
+def test_lanczos_warm_start_converges_in_fewer_steps():
+    g = torch.Generator().manual_seed(3)
+    D = 100
+    A, spec = spectrum_matrices(2, D, g, outliers=(1.0, 0.9, -2.0))
+    x = torch.randn(2, D, generator=g, dtype=DT)
+    mv = sym_jacobian_matvec(linear_fn(A, (D,)), x)
+    _, lmax8, _, umax = lanczos_extreme_eigs(mv, x, 8, generator=g)
+    _, lmax_warm, _, _ = lanczos_extreme_eigs(mv, x, 3, v0=umax, generator=g)
+    _, lmax_cold, _, _ = lanczos_extreme_eigs(mv, x, 3, generator=g)
+    err_warm = (lmax_warm - spec[:, -1]).abs()
+    err_cold = (lmax_cold - spec[:, -1]).abs()
+    assert (err_warm <= 0.25 * err_cold).all() and (err_warm < 0.05).all(), (err_warm, err_cold)
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(probe):
+    g = torch.Generator().manual_seed(4)
+    D, beta, n = 24, 0.1, 4000
+    A, _ = spectrum_matrices(1, D, g)
+    x = torch.randn(1, D, generator=g, dtype=DT)
+    S = 0.5 * (A + A.transpose(1, 2))
+    exact = (S + beta * torch.eye(D, dtype=DT)).pow(2).sum().item()
+    mv = sym_jacobian_matvec(linear_fn(A, (D,)), x)
+    xs = x.expand(n, D)
+    mvn = sym_jacobian_matvec(linear_fn(A.expand(n, D, D), (D,)), xs)
+    est = hutchinson_frobenius(mvn, xs, beta, num_probes=1, probe=probe, generator=g, create_graph=False)
+    se = est.std().item() / math.sqrt(n)
+    assert abs(est.mean().item() - exact) < 3 * se, (est.mean().item(), exact, se)
+    # and a K-probe estimate averages K single-probe estimates
+    k4 = hutchinson_frobenius(mv, x, beta, num_probes=4, probe=probe, generator=g, create_graph=False)
+    assert k4.shape == (1,) and torch.isfinite(k4).all()
+
+
+# ---------------------------------------------------------------------------------- gradients
+
+
+class LinearDenoiser(torch.nn.Module):
+    """x -> W x + tanh(U x) per sample, a small nonlinear net with an explicit Jacobian."""
+
+    def __init__(self, D, g):
+        super().__init__()
+        self.W = torch.nn.Parameter(torch.randn(D, D, generator=g, dtype=DT) / math.sqrt(D))
+        self.U = torch.nn.Parameter(torch.randn(D, D, generator=g, dtype=DT) / math.sqrt(D))
+
+    def forward(self, x, idx=None):
+        return x @ self.W.T + torch.tanh(x @ self.U.T)
+
+
+def _explicit_x0_sym(net, x, alpha, sigma, pt):
+    """sym J_x0 built from the exact Jacobian, differentiable w.r.t. the parameters."""
+    J = exact_jacobian(net, x, create_graph=True)
+    a, c = x0_jacobian_coeffs(alpha, sigma, pt)
+    D = x.shape[1]
+    return a.view(-1, 1, 1) * torch.eye(D, dtype=DT) + c.view(-1, 1, 1) * 0.5 * (J + J.transpose(1, 2)), J, a, c
+
+
+def _grads(loss, net):
+    return torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
+
+
+@pytest.mark.parametrize("pt", ["sample", "epsilon", "v_prediction"])
+def test_penalty_gradients_match_exact_jacobian_penalty(pt):
+    g = torch.Generator().manual_seed(5)
+    D, B, beta = 6, 3, 0.1
+    net = LinearDenoiser(D, g)
+    x = torch.randn(B, D, generator=g, dtype=DT)
+    alpha = torch.tensor([0.9, 0.6, 0.3], dtype=DT)
+    sigma = (1 - alpha**2).sqrt()
+    w = alpha if pt == "epsilon" else torch.ones_like(alpha)
+    S, J, a, c = _explicit_x0_sym(net, x, alpha, sigma, pt)
+    eye = torch.eye(D, dtype=DT)
+
+    # exact estimator == official mean-of-entries form
+    cfg = ContractionConfig(estimator="exact")
+    loss, _ = contraction_penalty(net, x, alpha, sigma, pt, cfg)
+    ref = ((w.view(-1, 1, 1) * (S + beta * eye)).pow(2).flatten(1).sum(1) / D**2).mean()
+    torch.testing.assert_close(loss, ref)
+    for g1, g2 in zip(_grads(loss, net), _grads(ref, net)):
+        torch.testing.assert_close(g1, g2)
+
+    # hutchinson through the double-VJP oracle == the same probes applied to the explicit matrix
+    seed = 11
+    cfg = ContractionConfig(estimator="hutchinson", num_probes=3)
+    loss, _ = contraction_penalty(net, x, alpha, sigma, pt, cfg, generator=torch.Generator().manual_seed(seed))
+    gp = torch.Generator().manual_seed(seed)  # batch_fraction 1 draws nothing: the probe streams align
+    ref = 0
+    for _ in range(3):
+        v = torch.randint(0, 2, (B, D), generator=gp).to(DT) * 2 - 1
+        r = torch.einsum("bij,bj->bi", S + beta * eye, v)
+        ref = ref + (w.view(-1, 1) * r).pow(2).sum(1)
+    ref = (ref / 3 / D**2).mean()
+    torch.testing.assert_close(loss, ref)
+    for g1, g2 in zip(_grads(loss, net), _grads(ref, net)):
+        torch.testing.assert_close(g1, g2)
+
+    # fd_probe (float64, small h) == first-order full-Jacobian form with the same probes
+    v = torch.randint(0, 2, (B, D), generator=g).to(DT) * 2 - 1
+    h = 1e-6
+    y = net(x)
+    per = fd_probe_penalty(y, net(x + h * v), v, h, alpha, sigma, pt, beta)
+    ref = (w.view(-1, 1) * (torch.einsum("bij,bj->bi", a.view(-1, 1, 1) * eye + c.view(-1, 1, 1) * J, v) + beta * v)).pow(2).sum(1) / D**2
+    torch.testing.assert_close(per.to(DT), ref, rtol=1e-4, atol=1e-8)
+    for g1, g2 in zip(_grads(per.sum(), net), _grads(ref.sum(), net)):
+        torch.testing.assert_close(g1.to(DT), g2, rtol=1e-3, atol=1e-6)
+
+    # hinge through Lanczos (Hellmann-Feynman) == hinge on the exact top eigenvalue
+    cfg = ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=D, margin=0.5)
+    loss, diag = contraction_penalty(net, x, alpha, sigma, pt, cfg, generator=torch.Generator().manual_seed(0))
+    lmax = torch.linalg.eigvalsh(S)[:, -1]
+    ref = torch.relu(w * (lmax - 0.5 * alpha)).pow(2).mean()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-9)
+    assert ref.item() > 0, "choose a margin that makes the hinge active so the gradient check means something"
+    for g1, g2 in zip(_grads(loss, net), _grads(ref, net)):
+        torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-8)
+
+
+def test_gradcheck_hutchinson_oracle():
+    """torch.autograd.gradcheck of the double-VJP penalty w.r.t. the network parameters (float64)."""
+    g = torch.Generator().manual_seed(6)
+    D = 4
+    net = LinearDenoiser(D, g)
+    x = torch.randn(2, D, generator=g, dtype=DT)
+    v = torch.randn(2, D, generator=g, dtype=DT)
+
+    def f(W, U):
+        fn = lambda z: z @ W.T + torch.tanh(z @ U.T)  # noqa: E731
+        mv = sym_jacobian_matvec(fn, x)
+        return (mv(v) + 0.1 * v).pow(2).sum()
+
+    assert torch.autograd.gradcheck(f, (net.W.detach().clone().requires_grad_(), net.U.detach().clone().requires_grad_()))
+
+
+# ---------------------------------------------------------------------------------- noise levels, cost controls
+
+
+def test_epsilon_penalty_stays_finite_at_high_noise():
+    g = torch.Generator().manual_seed(7)
+    D = 8
+    net = LinearDenoiser(D, g)
+    x = torch.randn(4, D, generator=g, dtype=DT)
+    alpha = torch.tensor([1e-6, 1e-4, 1e-2, 0.5], dtype=DT)
+    sigma = (1 - alpha**2).sqrt()
+    for est in ("fd_probe", "hutchinson", "exact"):
+        loss, _ = contraction_penalty(net, x, alpha, sigma, "epsilon", ContractionConfig(estimator=est))
+        assert torch.isfinite(loss) and loss.item() < 1e3, (est, loss)
+        grads = _grads(loss, net)
+        assert all(torch.isfinite(gr).all() for gr in grads)
+    # without the alpha weight the raw x0-Jacobian residual explodes as alpha -> 0
+    raw, _ = contraction_penalty(net, x, alpha, sigma, "epsilon", ContractionConfig(estimator="exact", residual_weight="none"))
+    assert raw.item() > 1e6
+
+
+def test_cost_controls_select_samples():
+    cfg = ContractionConfig(batch_fraction=0.25, noise_window=(0.0, 0.1))
+    t_frac = torch.arange(100) / 100.0  # t/T for T = 100: ten samples have t < 0.1 T
+    idx = penalty_sample_mask(100, cfg, t_frac, generator=torch.Generator().manual_seed(0))
+    assert idx.numel() == 2 and (t_frac[idx] < 0.1).all()  # 10 in the window, a quarter of them
+    assert penalty_sample_mask(8, ContractionConfig(batch_fraction=0.5)).numel() == 4
+    every3 = ContractionConfig(every=3)
+    assert [every3.applies_at_step(s) for s in range(6)] == [True, False, False, True, False, False]
+    assert not ContractionConfig(loss="none").applies_at_step(0)
+    # no selected sample: zero penalty, nothing computed
+    g = torch.Generator().manual_seed(0)
+    net = LinearDenoiser(3, g)
+    x = torch.randn(4, 3, generator=g, dtype=DT)
+    loss, diag = contraction_penalty(net, x, 0.5, 0.8, "sample", ContractionConfig(noise_window=(0.0, 0.1)), t_frac=torch.full((4,), 0.5))
+    assert loss.item() == 0 and diag["penalty_samples"] == 0
+
+
+def test_chunks_are_flattened_per_sample():
+    """(B, horizon, action_dim) chunks: D = horizon * action_dim, matches the flat computation."""
+    g = torch.Generator().manual_seed(8)
+    H, A = 4, 3
+    net = LinearDenoiser(H * A, g)
+    chunk_fn = lambda z, i=None: net(z.reshape(z.shape[0], -1)).reshape(z.shape)  # noqa: E731
+    x = torch.randn(2, H, A, generator=g, dtype=DT)
+    cfg = ContractionConfig(estimator="exact")
+    l_chunk, _ = contraction_penalty(chunk_fn, x, 0.7, 0.71, "sample", cfg)
+    l_flat, _ = contraction_penalty(net, x.reshape(2, -1), 0.7, 0.71, "sample", cfg)
+    torch.testing.assert_close(l_chunk, l_flat)
+    lmin, lmax = sym_extreme_eigs(chunk_fn, x, num_iters=12)
+    assert lmin.shape == (2,) and lmax.shape == (2,)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_errors():
+    g = torch.Generator().manual_seed(9)
+    net = LinearDenoiser(3, g)
+    x = torch.randn(2, 3, generator=g, dtype=DT)
+    with pytest.raises(ValueError, match="prediction_type"):
+        contraction_penalty(net, x, 0.5, 0.8, "score", ContractionConfig())
+    with pytest.raises(ValueError, match="estimator"):
+        ContractionConfig(estimator="power")
+    with pytest.raises(ValueError, match="estimator 'lanczos' does not fit"):
+        ContractionConfig(loss="frobenius", estimator="lanczos")
+    with pytest.raises(ValueError, match=">= 0"):
+        ContractionConfig(weight=-1)
+    with pytest.raises(ValueError, match="x_t"):
+        contraction_penalty(net, x * float("nan"), 0.5, 0.8, "sample", ContractionConfig())
+    with pytest.raises(ValueError, match="sigma_t"):
+        contraction_penalty(net, x, 0.5, float("inf"), "sample", ContractionConfig())
+    with pytest.raises(ValueError, match="alpha_t must be > 0"):
+        contraction_penalty(net, x, torch.tensor([0.5, 0.0], dtype=DT), 0.8, "sample", ContractionConfig())
+    with pytest.raises(ValueError, match="D=300 > 256"):
+        exact_jacobian(lambda z: z, torch.zeros(1, 300))
+    with pytest.raises(ValueError, match="shape"):
+        contraction_penalty(net, x, torch.ones(3, dtype=DT) * 0.5, 0.8, "sample", ContractionConfig())
+
+    class Exploding(torch.nn.Module):
+        def forward(self, z, idx=None):
+            return z * float("inf")
+
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        contraction_penalty(Exploding(), x, 0.5, 0.8, "sample", ContractionConfig(estimator="fd_probe"))
+
+
+def test_x0_matvec_affine_forms():
+    """sym J_x0 for each prediction type equals a I + c sym J_f."""
+    g = torch.Generator().manual_seed(10)
+    D = 5
+    A, _ = spectrum_matrices(2, D, g)
+    x = torch.randn(2, D, generator=g, dtype=DT)
+    alpha = torch.tensor([0.8, 0.3], dtype=DT)
+    sigma = (1 - alpha**2).sqrt()
+    S = 0.5 * (A + A.transpose(1, 2))
+    v = torch.randn(2, D, generator=g, dtype=DT)
+    for pt, a, c in [("sample", 0 * alpha, 1 + 0 * alpha), ("epsilon", 1 / alpha, -sigma / alpha), ("v_prediction", alpha, -sigma)]:
+        got = x0_sym_jacobian_matvec(linear_fn(A, (D,)), x, alpha, sigma, pt)(v)
+        want = a[:, None] * v + c[:, None] * torch.einsum("bij,bj->bi", S, v)
+        torch.testing.assert_close(got, want)

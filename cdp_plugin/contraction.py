@@ -400,17 +400,21 @@ def hutchinson_frobenius(
     probe: str = "rademacher",
     generator: torch.Generator | None = None,
     create_graph: bool = True,
+    probes: Tensor | None = None,
 ) -> Tensor:
     """Unbiased per-sample estimate of ``||S + shift I||_F^2`` from ``num_probes`` probes (B,).
 
     ``E_v ||(S + shift I) v||^2 = ||S + shift I||_F^2`` for any probe with ``E[v v^T] = I``
-    (Rademacher or Gaussian).
+    (Rademacher or Gaussian). ``probes`` (K, B, ...) pins the probe vectors (reproducibility, DDP checks).
     """
     B = x_like.shape[0]
     shift = _bview(_per_sample(shift, B, x_like, "shift"), x_like)
+    if probes is not None:
+        probes = probes.reshape(-1, *x_like.shape)
+        num_probes = probes.shape[0]
     total = 0.0
-    for _ in range(num_probes):
-        v = _probes(x_like.shape, x_like, probe, generator)
+    for k in range(num_probes):
+        v = probes[k].to(x_like.dtype) if probes is not None else _probes(x_like.shape, x_like, probe, generator)
         r = matvec(v, create_graph=create_graph) + shift * v
         total = total + r.flatten(1).pow(2).sum(1)
     return total / num_probes
@@ -488,6 +492,7 @@ def contraction_penalty(
     t_frac: Tensor | None = None,
     generator: torch.Generator | None = None,
     y: Tensor | None = None,
+    probes: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Contraction penalty (unweighted by gamma) and diagnostics for a batch of noisy actions.
 
@@ -501,6 +506,8 @@ def contraction_penalty(
         cfg: :class:`ContractionConfig` (default: frobenius / fd_probe).
         t_frac: per-sample ``t / T`` for the noise window.
         y: optional precomputed ``fn`` output on the full batch (saves the base forward for fd_probe).
+        probes: optional pinned probe vectors for ``fd_probe`` / ``hutchinson``, shape (B, ...) or
+            (K, B, ...) over the full batch (rows are selected like the samples).
 
     Returns:
         ``(loss, diagnostics)``: scalar penalty (mean over the selected samples; 0 with no selected
@@ -530,7 +537,11 @@ def contraction_penalty(
     f = lambda x: fn(x, idx)  # noqa: E731
 
     if cfg.loss == "frobenius" and cfg.estimator == "fd_probe":
-        x_pert, v = fd_probe_rows(xs, cfg.fd_step, cfg.probe, generator)
+        if probes is not None:
+            v = probes.reshape(-1, *x_t.shape)[0][idx].to(xs.dtype)
+            x_pert = xs + cfg.fd_step * v
+        else:
+            x_pert, v = fd_probe_rows(xs, cfg.fd_step, cfg.probe, generator)
         y_base = y[idx] if y is not None else f(xs)
         y_pert = f(x_pert)
         per = fd_probe_penalty(y_base, y_pert, v, cfg.fd_step, a_s, s_s, prediction_type, cfg.margin, cfg.residual_weight)
@@ -552,7 +563,8 @@ def contraction_penalty(
             diag["violation_frac"] = (ev[:, -1] >= a_s).float().mean().item()
         else:
             mv = x0_sym_jacobian_matvec(f, xs, a_s, s_s, prediction_type)
-            per = w.pow(2) * hutchinson_frobenius(mv, xs, cfg.margin, cfg.num_probes, cfg.probe, generator) / (D * D)
+            pv = None if probes is None else probes.reshape(-1, *x_t.shape)[:, idx]
+            per = w.pow(2) * hutchinson_frobenius(mv, xs, cfg.margin, cfg.num_probes, cfg.probe, generator, probes=pv) / (D * D)
     else:  # hinge on lambda_max(sym J_x0)
         thr = _hinge_threshold(a_s, cfg)
         w = residual_scale(a_s, prediction_type, cfg.residual_weight)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from lerobot.configs.policies import PreTrainedConfig
@@ -61,6 +62,14 @@ class ContractiveDiffusionConfig(DiffusionConfig):
     contraction_diag_samples: int = 4
 
     def __post_init__(self):
+        try:
+            self._post_init()
+        except ValueError as e:
+            # draccus replaces the message by "Couldn't instantiate class ...": say it once, plainly, on stderr
+            print(f"error: cdp config: {e}", file=sys.stderr)
+            raise
+
+    def _post_init(self) -> None:
         # LeRobot's DiffusionConfig only knows epsilon/sample; v-prediction is handled by this plugin.
         pred = self.prediction_type
         if pred not in PREDICTION_TYPES:

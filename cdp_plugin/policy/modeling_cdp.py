@@ -43,6 +43,7 @@ class ContractiveDiffusionModel(DiffusionModel):
             self.noise_scheduler if config.sampler == "ddpm" else make_scheduler(config.sampler, config.schedule_config())
         )
         self._train_step = 0
+        self._last_diag: dict[str, float] = {}  # latest Lanczos estimates, logged every step
 
     # ----------------------------------------------------------------------------------- sampling
     def conditional_sample(self, batch_size, global_cond=None, generator=None, noise=None) -> Tensor:
@@ -150,7 +151,9 @@ class ContractiveDiffusionModel(DiffusionModel):
             pred = self.unet(noisy, timesteps, global_cond=global_cond)
             if active:
                 fn = lambda x, i: self.unet(x, timesteps[i], global_cond=global_cond[i])  # noqa: E731
-                penalty, diag = contraction_penalty(fn, noisy, alpha, sigma, cfg.prediction_type, ccfg, t_frac)
+                penalty, diag = contraction_penalty(
+                    fn, noisy, alpha, sigma, cfg.prediction_type, ccfg, t_frac, probes=batch.get(PROBE_KEY)
+                )
                 info.update({f"contraction_{k}": v for k, v in diag.items() if k in ("lambda_max", "lambda_min", "violation_frac")})
 
         if not torch.isfinite(penalty):
@@ -164,7 +167,9 @@ class ContractiveDiffusionModel(DiffusionModel):
             info["diffusion_loss"] = diffusion_loss.item()
             info["contraction_loss"] = penalty.item()
             if training and cfg.contraction_diag_every and step % cfg.contraction_diag_every == 0:
-                info.update(self._eig_diagnostics(noisy, timesteps, global_cond, alpha, sigma))
+                self._last_diag = self._eig_diagnostics(noisy, timesteps, global_cond, alpha, sigma)
+            for k, v in self._last_diag.items():
+                info.setdefault(k, v)
         return (loss, info) if return_info else loss
 
     def _eig_diagnostics(self, noisy, timesteps, global_cond, alpha, sigma) -> dict[str, float]:

@@ -493,6 +493,7 @@ def contraction_penalty(
     generator: torch.Generator | None = None,
     y: Tensor | None = None,
     probes: Tensor | None = None,
+    eig_diagnostics: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """Contraction penalty (unweighted by gamma) and diagnostics for a batch of noisy actions.
 
@@ -508,6 +509,8 @@ def contraction_penalty(
         y: optional precomputed ``fn`` output on the full batch (saves the base forward for fd_probe).
         probes: optional pinned probe vectors for ``fd_probe`` / ``hutchinson``, shape (B, ...) or
             (K, B, ...) over the full batch (rows are selected like the samples).
+        eig_diagnostics: also estimate lambda_min / lambda_max of ``sym J_x0`` by Lanczos for estimators
+            that do not produce them (fd_probe, hutchinson); costs ``lanczos_iters`` extra matvecs.
 
     Returns:
         ``(loss, diagnostics)``: scalar penalty (mean over the selected samples; 0 with no selected
@@ -585,6 +588,11 @@ def contraction_penalty(
         diag["lambda_min"], diag["lambda_max"] = lmin.mean().item(), lmax.mean().item()
         diag["violation_frac"] = (lmax.detach() >= a_s).float().mean().item()
 
+    if eig_diagnostics and "lambda_max" not in diag:
+        lmin, lmax = sym_extreme_eigs(f, xs.detach(), cfg.lanczos_iters,
+                                      a_s, s_s, prediction_type, generator=generator)
+        diag["lambda_min"], diag["lambda_max"] = lmin.mean().item(), lmax.mean().item()
+        diag["violation_frac"] = (lmax >= a_s).float().mean().item()
     loss = per.mean()
     if not torch.isfinite(loss):
         raise FloatingPointError(

@@ -343,3 +343,19 @@ def test_x0_matvec_affine_forms():
         got = x0_sym_jacobian_matvec(linear_fn(A, (D,)), x, alpha, sigma, pt)(v)
         want = a[:, None] * v + c[:, None] * torch.einsum("bij,bj->bi", S, v)
         torch.testing.assert_close(got, want)
+
+
+def test_diagnostics_report_eigenvalues_and_violations():
+    """lambda_max / lambda_min estimates and the violation share, for every estimator."""
+    g = torch.Generator().manual_seed(12)
+    D = 6
+    A, spec = spectrum_matrices(2, D, g, outliers=(2.0, -1.5), skew=0.0)  # symmetric: J_x0 = A for "sample"
+    x = torch.randn(2, D, generator=g, dtype=DT)
+    fn = lambda z, i: linear_fn(A[i], (D,))(z)  # noqa: E731
+    alpha = torch.tensor([0.9, 0.5], dtype=DT)
+    for cfg in (ContractionConfig(), ContractionConfig(estimator="hutchinson"), ContractionConfig(estimator="exact"),
+                ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=D)):
+        cfg.lanczos_iters = D
+        _, diag = contraction_penalty(fn, x, alpha, (1 - alpha**2).sqrt(), "sample", cfg, eig_diagnostics=True)
+        assert abs(diag["lambda_max"] - 2.0) < 1e-6 and abs(diag["lambda_min"] + 1.5) < 1e-6, (cfg.estimator, diag)
+        assert diag["violation_frac"] == 1.0  # lambda_max = 2 >= alpha_t: the sampler expands here

@@ -10,13 +10,14 @@ try:
 except ImportError as e:  # pragma: no cover
     raise ImportError("lerobot_policy_cdp needs LeRobot 0.6.x: pip install 'lerobot[diffusion]==0.6.1'") from e
 
-from cdp_plugin.policy import (  # noqa: F401
+from cdp_plugin import register as _register
+
+_register.register_all()  # envs and robots first: they stay usable even if the policy import failed
+
+from cdp_plugin.policy import (  # noqa: E402,F401
     ContractiveDiffusionConfig,
     ContractiveDiffusionPolicy,
     make_cdp_pre_post_processors,
 )
-from cdp_plugin import register as _register
-
-_register.register_all()
 
 __all__ = ["ContractiveDiffusionConfig", "ContractiveDiffusionPolicy", "make_cdp_pre_post_processors"]

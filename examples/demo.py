@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("outputs/demo"))
     ap.add_argument("--episodes", type=int, default=60, help="expert episodes to record")
-    ap.add_argument("--steps", type=int, default=3000, help="training steps")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps")
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
     args = ap.parse_args(argv)
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
              "--policy.pretrained_backbone_weights=null", "--policy.horizon=16", "--policy.n_action_steps=8",
              "--policy.down_dims=[64,128]", "--policy.diffusion_step_embed_dim=64", "--policy.optimizer_lr=1e-3",
              "--policy.scheduler_warmup_steps=100", f"--dataset.repo_id=local/pointmaze_expert", f"--dataset.root={data}",
-             f"--output_dir={train}", f"--steps={args.steps}", "--batch_size=64", "--num_workers=0",
+             f"--output_dir={train}", f"--steps={args.steps}", "--batch_size=32", "--num_workers=1",
              f"--log_freq={max(args.steps // 10, 1)}", f"--save_freq={max(args.steps // 3, 1)}", "--wandb.enable=false"],
             args.out / "train.log")
 

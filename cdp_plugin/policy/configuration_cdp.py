@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
@@ -96,23 +96,11 @@ class ContractiveDiffusionConfig(DiffusionConfig):
         self.contraction_config()  # validates the contraction fields with clear messages
 
     def contraction_config(self) -> ContractionConfig:
-        """The framework-agnostic :class:`ContractionConfig` these fields describe."""
+        """The framework-agnostic :class:`ContractionConfig` these fields describe (``contraction_<name>``)."""
+        kwargs = {f.name: getattr(self, f"contraction_{f.name}") for f in fields(ContractionConfig)}
+        kwargs["noise_window"] = tuple(kwargs["noise_window"])
         try:
-            return ContractionConfig(
-                loss=self.contraction_loss,
-                estimator=self.contraction_estimator,
-                weight=self.contraction_weight,
-                margin=self.contraction_margin,
-                margin_mode=self.contraction_margin_mode,
-                num_probes=self.contraction_num_probes,
-                probe=self.contraction_probe,
-                fd_step=self.contraction_fd_step,
-                lanczos_iters=self.contraction_lanczos_iters,
-                batch_fraction=self.contraction_batch_fraction,
-                every=self.contraction_every,
-                noise_window=tuple(self.contraction_noise_window),
-                residual_weight=self.contraction_residual_weight,
-            )
+            return ContractionConfig(**kwargs)
         except ValueError as e:
             raise ValueError(f"invalid cdp contraction setting: {e} (set it with --policy.contraction_*)") from None
 

@@ -1,0 +1,301 @@
+"""The benchmark matrix {DP, CDP-frobenius, CDP-hinge} x tasks x data fractions x seeds, through LeRobot's CLIs.
+
+Every cell trains with ``lerobot-train`` and evaluates with ``lerobot-eval`` (subprocesses, offline), then probes
+the checkpoint in-process (:mod:`cdp_plugin.bench.probe`). A finished cell leaves ``<out>/cells/<cell>.json``;
+a cell whose JSON exists is never rerun, so an interrupted matrix continues where it stopped (inside a cell, a
+finished training run and a finished evaluation are reused too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from cdp_plugin.bench.metrics import mean_update_seconds, parse_train_log
+
+BIN = Path(sys.executable).parent
+
+# policy name -> lerobot-train flags
+POLICIES: dict[str, list[str]] = {
+    "dp": ["--policy.type=diffusion"],
+    "cdp_frobenius": ["--policy.type=cdp"],
+    "cdp_hinge": ["--policy.type=cdp", "--policy.contraction_loss=hinge", "--policy.contraction_estimator=lanczos"],
+    # control: cdp's x0 ("sample") parameterisation without the penalty, to separate the penalty's effect from
+    # the parameterisation change (DP is LeRobot's epsilon network)
+    "dp_x0": ["--policy.type=cdp", "--policy.contraction_loss=none"],
+}
+POLICY_LABELS = {"dp": "DP (diffusion)", "cdp_frobenius": "CDP-frobenius", "cdp_hinge": "CDP-hinge",
+                 "dp_x0": "DP-x0 (cdp, no penalty)"}
+DEFAULT_POLICIES = ["dp", "cdp_frobenius", "cdp_hinge"]
+
+
+@dataclass
+class TaskBench:
+    """A task of the matrix: how to make its expert dataset and how ``lerobot-eval`` builds its env."""
+
+    name: str
+    gen_task: str | None  # cdp_plugin.data.generate task; None: no offline dataset (skipped)
+    env_type: str
+    env_args: list[str] = field(default_factory=list)
+    skip_reason: str | None = None
+
+
+TASKS: dict[str, TaskBench] = {
+    "pointmaze": TaskBench("pointmaze", "pointmaze", "pointmaze"),
+    "lift": TaskBench("lift", "lift", "robosuite_lift"),
+    "can": TaskBench("can", "can", "robosuite_can"),
+    "pusht": TaskBench(
+        "pusht", None, "pusht",
+        skip_reason="no offline PushT dataset (HF Hub unreachable) and the plugin has no PushT expert "
+                    "(cdp_plugin.data.generate covers pointmaze, lift, can); LeRobot's --env.type=pusht evaluates, "
+                    "but there is nothing to train on",
+    ),
+}
+
+
+@dataclass
+class Profile:
+    """Sizes of one matrix run (``--quick`` for a 2-core CPU, ``--full`` for a GPU)."""
+
+    name: str
+    tasks: list[str]
+    policies: list[str]
+    fractions: list[float]
+    seeds: list[int]
+    dataset_episodes: dict[str, int]
+    steps: int
+    batch_size: int
+    down_dims: list[int]
+    embed_dim: int
+    lr: float
+    eval_episodes: dict[str, int]
+    env_episode_length: dict[str, int]
+    device: str = "cpu"
+    n_checkpoints: int = 4  # checkpoints along training (separation ratio over training)
+    horizon: int = 16
+    n_action_steps: int = 8
+    num_inference_steps: int = 10
+    subset: str = "episodes"  # how a data fraction is drawn: "episodes" (--dataset.episodes)
+    threads: int = 1
+    num_workers: int = 0  # lerobot-train data workers (the CPU profile keeps 0)
+
+    def train_flags(self) -> list[str]:
+        return [
+            "--policy.push_to_hub=false", f"--policy.device={self.device}", "--policy.pretrained_backbone_weights=null",
+            f"--policy.horizon={self.horizon}", f"--policy.n_action_steps={self.n_action_steps}",
+            f"--policy.down_dims=[{','.join(map(str, self.down_dims))}]",
+            f"--policy.diffusion_step_embed_dim={self.embed_dim}", f"--policy.optimizer_lr={self.lr}",
+            "--policy.scheduler_warmup_steps=0", f"--batch_size={self.batch_size}", f"--num_workers={self.num_workers}",
+            "--wandb.enable=false", f"--steps={self.steps}", f"--log_freq={max(1, self.steps // 10)}",
+            f"--save_freq={max(1, self.steps // self.n_checkpoints)}",
+        ]
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(
+        name="quick", tasks=["pointmaze", "lift", "pusht"], policies=list(DEFAULT_POLICIES), fractions=[1.0, 0.1],
+        seeds=[0, 1], dataset_episodes={"pointmaze": 50, "lift": 20, "can": 20}, steps=150, batch_size=32,
+        down_dims=[32, 64], embed_dim=32, lr=1e-3, eval_episodes={"pointmaze": 10, "lift": 5, "can": 5},
+        env_episode_length={"pointmaze": 200, "lift": 100, "can": 200}, n_checkpoints=3,
+    ),
+    "full": Profile(
+        name="full", tasks=["pointmaze", "lift", "can", "pusht"], policies=list(POLICIES), fractions=[1.0, 0.1],
+        seeds=[0, 1, 2], dataset_episodes={"pointmaze": 200, "lift": 100, "can": 100}, steps=20000, batch_size=64,
+        down_dims=[128, 256, 512], embed_dim=128, lr=1e-4, eval_episodes={"pointmaze": 50, "lift": 50, "can": 50},
+        env_episode_length={"pointmaze": 200, "lift": 200, "can": 400}, device="cuda", n_checkpoints=8, threads=4, num_workers=4,
+    ),
+}
+
+
+@dataclass
+class Cell:
+    task: str
+    policy: str
+    fraction: float
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}__{self.policy}__f{int(round(self.fraction * 100)):03d}__s{self.seed}"
+
+
+def cells_of(profile: Profile) -> list[Cell]:
+    return [Cell(t, p, f, s) for t in profile.tasks if TASKS[t].skip_reason is None
+            for f in profile.fractions for s in profile.seeds for p in profile.policies]
+
+
+def subprocess_env(profile: Profile) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS=str(profile.threads), MKL_NUM_THREADS=str(profile.threads))
+    env.setdefault("MUJOCO_GL", "egl")
+    return env
+
+
+def _run(cmd: list[str], log: Path, env: dict[str, str], timeout: float | None = None) -> str:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        fh.write("$ " + " ".join(map(str, cmd)) + "\n")
+        fh.flush()
+        proc = subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+    text = log.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(str(cmd[0])).name} failed ({proc.returncode}); log {log}:\n{text[-3000:]}")
+    return text
+
+
+def ensure_dataset(task: TaskBench, profile: Profile, out: Path, env: dict[str, str]) -> Path:
+    """The task's expert dataset (generated once per matrix directory, seed 0)."""
+    root = out / "data" / f"{task.name}_{profile.dataset_episodes[task.name]}ep"
+    if not (root / "meta" / "info.json").is_file():
+        _run([sys.executable, "-m", "cdp_plugin.data.generate", task.gen_task, "--episodes",
+              profile.dataset_episodes[task.name], "--out", root, "--seed", 0, "--overwrite"],
+             out / "logs" / f"generate_{task.name}.log", env)
+    return root
+
+
+def fraction_episodes(root: Path, fraction: float, seed: int) -> list[int] | None:
+    """Episode subset of a data fraction (None: all). Drawn with seed ``42 + seed``, shared by all policies."""
+    if fraction >= 1.0:
+        return None
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from cdp_plugin.data.subsets import episode_subset
+
+    meta = LeRobotDatasetMetadata("local/bench", root=root)
+    return episode_subset(meta.total_episodes, fraction, seed=42 + seed)
+
+
+def _final_checkpoint(train_dir: Path, steps: int) -> Path | None:
+    ck = train_dir / "checkpoints" / f"{steps:06d}" / "pretrained_model"
+    return ck if (ck / "model.safetensors").is_file() else None
+
+
+def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> dict:
+    """Train, evaluate and probe one cell; returns the cell record (not yet written)."""
+    from cdp_plugin.bench.probe import ProbeSettings, probe_checkpoint
+
+    env = subprocess_env(profile)
+    task = TASKS[cell.task]
+    root = ensure_dataset(task, profile, out, env)
+    episodes = fraction_episodes(root, cell.fraction, cell.seed)
+    run_dir = out / "runs" / cell.id
+    train_dir = run_dir / "train"
+    record: dict = {"cell": asdict(cell), "id": cell.id, "profile": profile.name, "dataset": str(root),
+                    "episodes": episodes}
+    train_cmd = [BIN / "lerobot-train", *POLICIES[cell.policy], *profile.train_flags(),
+                 f"--dataset.repo_id=local/{root.name}", f"--dataset.root={root}", f"--output_dir={train_dir}",
+                 f"--seed={1000 + cell.seed}"]
+    if episodes is not None:
+        train_cmd.append(f"--dataset.episodes=[{','.join(map(str, episodes))}]")
+    train_log = run_dir / "train.log"
+    ckpt = _final_checkpoint(train_dir, profile.steps)
+    t0 = time.time()
+    if ckpt is None:
+        shutil.rmtree(train_dir, ignore_errors=True)  # an interrupted run restarts from scratch
+        _run(train_cmd, train_log, env)
+        ckpt = _final_checkpoint(train_dir, profile.steps)
+        if ckpt is None:
+            raise RuntimeError(f"lerobot-train finished without a step-{profile.steps} checkpoint in {train_dir}")
+    record["train_wall_s"] = time.time() - t0
+    rows = parse_train_log(train_log.read_text(errors="replace"))
+    record["train_log"] = rows
+    record["update_s"] = mean_update_seconds(rows)
+    record["final_loss"] = rows[-1].get("loss") if rows else None
+    record["train_cmd"] = " ".join(map(str, train_cmd))
+
+    eval_dir = run_dir / "eval"
+    eval_cmd = [BIN / "lerobot-eval", f"--policy.path={ckpt}", f"--policy.device={profile.device}",
+                f"--policy.num_inference_steps={profile.num_inference_steps}",
+                *(["--policy.sampler=ddim"] if cell.policy != "dp" else ["--policy.noise_scheduler_type=DDIM"]),
+                f"--env.type={task.env_type}", f"--env.episode_length={profile.env_episode_length[cell.task]}",
+                *task.env_args, f"--eval.n_episodes={profile.eval_episodes[cell.task]}",
+                f"--eval.batch_size={profile.eval_episodes[cell.task]}", "--eval.use_async_envs=false",
+                f"--output_dir={eval_dir}", f"--seed={100000 + 1000 * cell.seed}"]
+    t0 = time.time()
+    if not (eval_dir / "eval_info.json").is_file():
+        shutil.rmtree(eval_dir, ignore_errors=True)
+        _run(eval_cmd, run_dir / "eval.log", env)
+    shutil.rmtree(eval_dir / "videos", ignore_errors=True)
+    info = json.loads((eval_dir / "eval_info.json").read_text())
+    record["eval_wall_s"] = time.time() - t0
+    record["eval_cmd"] = " ".join(map(str, eval_cmd))
+    per_task = info["per_task"][0]["metrics"]
+    record["eval"] = {
+        "successes": [bool(s) for s in per_task["successes"]],
+        "sum_rewards": [float(r) for r in per_task["sum_rewards"]],
+        "pc_success": float(info["overall"]["pc_success"]),
+        "avg_sum_reward": float(info["overall"]["avg_sum_reward"]),
+    }
+
+    t0 = time.time()
+    ps = probe_settings or ProbeSettings(num_inference_steps=profile.num_inference_steps, seed=cell.seed)
+    record["probe"] = probe_checkpoint(ckpt, root, ps, full=True)
+    along = []
+    for ck in sorted((train_dir / "checkpoints").glob("[0-9]*")):
+        step = int(ck.name)
+        r = record["probe"] if step == profile.steps else probe_checkpoint(ck / "pretrained_model", root, ps, full=False)
+        along.append({"step": step, **r["sep_ratio"]})
+    record["sep_over_training"] = along
+    record["probe_wall_s"] = time.time() - t0
+    return record
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def run_matrix(
+    profile: Profile,
+    out: Path,
+    runner: Callable[[Cell, Profile, Path], dict] = run_cell,
+    progress: bool = True,
+    keep_going: bool = True,
+) -> dict[str, list[str]]:
+    """Run every cell without a JSON yet; returns ``{"done": [...], "skipped": [...], "failed": [...]}``."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    cells = cells_of(profile)
+    status: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
+    write_json_atomic(out / "profile.json", asdict(profile))
+    bar = tqdm(cells, desc=f"cdp-bench {profile.name}", disable=not progress, unit="cell")
+    for cell in bar:
+        path = out / "cells" / f"{cell.id}.json"
+        if path.is_file():
+            status["skipped"].append(cell.id)
+            continue
+        bar.set_postfix_str(cell.id)
+        t0 = time.time()
+        try:
+            record = runner(cell, profile, out)
+        except Exception as e:  # noqa: BLE001 - keep going, report the failure
+            status["failed"].append(cell.id)
+            (out / "logs").mkdir(parents=True, exist_ok=True)
+            (out / "logs" / f"{cell.id}.error.txt").write_text(f"{type(e).__name__}: {e}\n")
+            bar.write(f"cell {cell.id} failed: {type(e).__name__}: {str(e)[:500]}")
+            if not keep_going:
+                raise
+            continue
+        record["cell_wall_s"] = time.time() - t0
+        write_json_atomic(path, record)
+        status["done"].append(cell.id)
+    return status
+
+
+def load_cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))]
+
+
+def profile_with(profile: Profile, **overrides) -> Profile:
+    return replace(profile, **{k: v for k, v in overrides.items() if v is not None})

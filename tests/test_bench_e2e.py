@@ -1,0 +1,40 @@
+"""One tiny matrix cell end to end: generate a dataset, ``lerobot-train`` (4 steps), ``lerobot-eval``, probe (issue 7)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from cdp_plugin.bench.matrix import load_cells, run_matrix
+from cdp_plugin.bench.probe import ProbeSettings
+from test_bench_metrics import tiny_profile
+
+
+def test_tiny_cell_end_to_end_and_resume(tmp_path):
+    prof = tiny_profile(tasks=["pointmaze"], policies=["cdp_frobenius"], fractions=[0.5], seeds=[0])
+    settings = ProbeSettings(n_obs=2, n_samples=4, n_sep=2, n_lambda=2, lanczos_iters=4, latency_repeats=2)
+
+    from cdp_plugin.bench import matrix
+
+    def runner(cell, profile, out):
+        return matrix.run_cell(cell, profile, out, probe_settings=settings)
+
+    status = run_matrix(prof, tmp_path, runner=runner, progress=False, keep_going=False)
+    assert len(status["done"]) == 1, status
+    (rec,) = load_cells(tmp_path)
+    assert rec["episodes"] is not None and len(rec["episodes"]) == 2  # 50 % of 4 episodes
+    assert "--dataset.episodes=[" in rec["train_cmd"] and "--policy.sampler=ddim" in rec["eval_cmd"]
+    assert [r["step"] for r in rec["train_log"]][-1] == 4 and rec["update_s"] > 0
+    assert len(rec["eval"]["successes"]) == 1
+    p = rec["probe"]
+    assert p["sep_ratio"]["n"] == 4 and math.isfinite(p["sep_ratio"]["median"])
+    assert len(p["action_var"]["per_obs"]) == 2 and p["action_var"]["mean"] >= 0
+    assert len(p["lambda_profile"]) == 10 and p["latency_ms"] > 0 and p["eval_sampler"] == "ddim-10"
+    assert [r["step"] for r in rec["sep_over_training"]] == [2, 4]
+    assert not (tmp_path / "runs" / rec["id"] / "eval" / "videos").exists()
+    # rerun: the finished cell is skipped, nothing is retrained
+    mtime = (tmp_path / "cells" / f"{rec['id']}.json").stat().st_mtime
+    status = run_matrix(prof, tmp_path, runner=runner, progress=False)
+    assert status["skipped"] == [rec["id"]] and not status["done"]
+    assert (tmp_path / "cells" / f"{rec['id']}.json").stat().st_mtime == mtime
+    assert json.loads((tmp_path / "profile.json").read_text())["name"] == "test"

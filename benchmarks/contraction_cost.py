@@ -217,7 +217,10 @@ def main(argv=None):
         times = time_interleaved(policies, batch, steps, 2, args.device, slow)
         res = {}
         for name, policy in policies.items():
-            mem = peak_cuda_mb(policy, batch) if args.device.startswith("cuda") else saved_activation_mb(policy, batch)
+            if args.device.startswith("cuda"):
+                mem = peak_cuda_mb(policy, batch)
+            else:  # model state (params, grads, 2 AdamW moments, float32) + what autograd saves in one step
+                mem = 16 * sum(p.numel() for p in policy.parameters()) / 2**20 + saved_activation_mb(policy, batch)
             res[name] = (times[name], mem)
             print(f"D={D:4d} {name:26s} {1000 * times[name]:9.1f} ms  mem {mem:8.1f} MB", flush=True)
         del policies
@@ -234,7 +237,8 @@ def main(argv=None):
         f" UNet down_dims {arch.get('down_dims', (512, 1024, 2048))}, x0 prediction, median of {steps} steps.",
         "Ratios are to DP measured in the same run, steps interleaved round-robin. Memory: "
         + ("peak CUDA memory allocated during one step, above the resting model" if args.device != "cpu"
-           else "tensors autograd saves for backward in one step (activations, incl. double-backward graphs)") + ".",
+           else "model state (parameters, gradients, AdamW moments) plus the tensors autograd saves for backward in"
+           " one step (activations, incl. double-backward graphs); the allocator's caching is not counted") + ".",
         "",
         "| D | method | step (ms) | time / DP | memory (MB) | mem / DP |",
         "|---|---|---|---|---|---|",

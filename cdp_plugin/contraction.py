@@ -72,6 +72,7 @@ __all__ = [
     "hutchinson_frobenius",
     "fd_probe_rows",
     "fd_probe_penalty",
+    "fd_probe_rayleigh",
     "penalty_sample_mask",
     "contraction_penalty",
 ]
@@ -458,6 +459,18 @@ def fd_probe_penalty(
     return (_bview(w, vf) * r).flatten(1).pow(2).sum(1) / (D * D)
 
 
+def fd_probe_rayleigh(y: Tensor, y_pert: Tensor, v: Tensor, fd_step: float, alpha: Tensor, sigma: Tensor,
+                      prediction_type: str) -> Tensor:
+    """Per-sample ``v^T J_x0 v / |v|^2`` from a probe pair (B,), no gradient: a cheap diagnostic that tracks
+    the mean eigenvalue of sym J_x0 (``E_v`` of it is ``trace(J_x0) / D``)."""
+    a, c = x0_jacobian_coeffs(alpha, sigma, prediction_type)
+    dt = torch.promote_types(y.dtype, torch.float32)
+    jv = ((y_pert.to(dt) - y.to(dt)) / fd_step).detach().flatten(1)
+    vf = v.to(dt).flatten(1)
+    vv = vf.pow(2).sum(1)
+    return (a * vv + c * (jv * vf).sum(1)) / vv
+
+
 def penalty_sample_mask(
     batch: int,
     cfg: ContractionConfig,
@@ -548,10 +561,7 @@ def contraction_penalty(
         y_base = y[idx] if y is not None else f(xs)
         y_pert = f(x_pert)
         per = fd_probe_penalty(y_base, y_pert, v, cfg.fd_step, a_s, s_s, prediction_type, cfg.margin, cfg.residual_weight)
-        a, c = x0_jacobian_coeffs(a_s, s_s, prediction_type)
-        jv = ((y_pert - y_base) / cfg.fd_step).detach()
-        ray = (a * v.flatten(1).pow(2).sum(1) + c * (jv * v).flatten(1).sum(1)) / v.flatten(1).pow(2).sum(1)
-        diag["probe_rayleigh"] = ray.mean().item()
+        diag["probe_rayleigh"] = fd_probe_rayleigh(y_base, y_pert, v, cfg.fd_step, a_s, s_s, prediction_type).mean().item()
     elif cfg.loss == "frobenius":
         D = xs[0].numel()
         w = residual_scale(a_s, prediction_type, cfg.residual_weight)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import lerobot_policy_cdp  # noqa: F401  (registers cdp, as LeRobot's plugin discovery does)
+from cdp_plugin.bench.metrics import parse_train_log as parse_log
 from conftest import SMALL_POLICY, VENV_BIN, cli_env, run_cli
 
 TRAIN_FLAGS = [
@@ -25,22 +25,6 @@ TRAIN_FLAGS = [
     "--wandb.enable=false",
     "--seed=1",
 ]
-
-
-def parse_log(text: str) -> list[dict[str, float]]:
-    """LeRobot's console log lines `step:N ... key:value ...` as dicts."""
-    rows = []
-    for line in text.splitlines():
-        if " step:" not in line or "loss:" not in line:
-            continue
-        row = {}
-        for k, v in re.findall(r"(\w+):([-+0-9.eE]+[KMB]?)", line[line.index(" step:") :]):
-            try:
-                row[k] = float(v)
-            except ValueError:
-                pass
-        rows.append(row)
-    return rows
 
 
 @pytest.fixture(scope="module")

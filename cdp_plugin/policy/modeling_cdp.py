@@ -19,10 +19,10 @@ from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 from cdp_plugin.contraction import (
     contraction_penalty,
     fd_probe_penalty,
+    fd_probe_rayleigh,
     fd_probe_rows,
     penalty_sample_mask,
     sym_extreme_eigs,
-    x0_jacobian_coeffs,
 )
 from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig
 from cdp_plugin.samplers import alpha_sigma, make_scheduler
@@ -143,10 +143,8 @@ class ContractiveDiffusionModel(DiffusionModel):
                     pred[idx], pred_pert, v, h, alpha[idx], sigma[idx], cfg.prediction_type, ccfg.margin, ccfg.residual_weight
                 )
                 penalty = per.mean()
-                a, c = x0_jacobian_coeffs(alpha[idx], sigma[idx], cfg.prediction_type)
-                jv = ((pred_pert - pred[idx]).float() / h).detach()
-                vv = v.float().flatten(1).pow(2).sum(1)
-                info["contraction_probe_rayleigh"] = ((a * vv + c * (jv * v).flatten(1).sum(1)) / vv).mean().item()
+                ray = fd_probe_rayleigh(pred[idx], pred_pert, v, h, alpha[idx], sigma[idx], cfg.prediction_type)
+                info["contraction_probe_rayleigh"] = ray.mean().item()
         else:
             pred = self.unet(noisy, timesteps, global_cond=global_cond)
             if active:

@@ -90,3 +90,13 @@ def test_lerobot_rollout_drives_the_simulated_franka(cdp_checkpoint, tmp_path):
     n_actions, path = int(m.group(1)), float(m.group(2))
     assert n_actions >= 10, out[-4000:]
     assert path > 0.01, f"the arm did not move under the policy (TCP path {path} m)"
+
+
+def test_slide_eval_cli_loads_a_cdp_checkpoint_in_a_fresh_interpreter(cdp_checkpoint, tmp_path):
+    """`examples/franka_slide.py eval` must register the plugin's policy types itself, as LeRobot's CLIs do."""
+    res = tmp_path / "eval.json"
+    _run([sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "franka_slide.py"), "eval",
+          "--policy", str(cdp_checkpoint), "--episodes", "1", "--max-steps", "8", "--json", str(res)],
+         _env(tmp_path), 600, tmp_path)
+    out = json.loads(res.read_text())
+    assert out["episodes"] == 1 and len(out["results"]) == 1 and out["results"][0]["steps"] >= 1

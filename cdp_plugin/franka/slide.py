@@ -267,7 +267,9 @@ def evaluate_policy(policy_path: str | Path, n_episodes: int, host: str = "127.0
     from lerobot.policies.utils import make_robot_action, prepare_observation_for_inference
     from lerobot.robots import make_robot_from_config
     from lerobot.utils.feature_utils import build_dataset_frame
+    from lerobot.utils.import_utils import register_third_party_plugins
 
+    register_third_party_plugins()  # as LeRobot's CLIs do: makes `cdp` (and other plugin types) loadable
     pcfg = PreTrainedConfig.from_pretrained(policy_path)
     for k, v in (overrides or {}).items():
         setattr(pcfg, k, v)

@@ -294,16 +294,28 @@ def test_model_card_names_policy_paper_and_settings(trained):
     assert "`contraction_weight` | `0.1`" in text and "fd_probe" in text
 
 
+def ddp_launch(*args: str) -> tuple[list[str], dict[str, str]]:
+    """`accelerate launch` of two CPU ranks on loopback: a free rendezvous port, gloo on `lo`, 1 thread per rank."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
+           "--mixed_precision=no", "--dynamo_backend=no", "--main_process_ip=127.0.0.1", f"--main_process_port={port}",
+           *args]
+    env = {**cli_env(), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    return cmd, env
+
+
 def test_ddp_gradients_match_single_process(tmp_path):
     """accelerate launch, 2 CPU processes: DDP-averaged CDP gradients == the single-process gradient."""
     import subprocess
 
     for est in ("fd_probe", "hutchinson"):
         out = tmp_path / f"{est}.json"
-        cmd = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
-               "--mixed_precision=no", "--dynamo_backend=no", str(Path(__file__).parent / "scripts" / "ddp_grad_check.py"),
-               str(out), est]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
+        cmd, env = ddp_launch(str(Path(__file__).parent / "scripts" / "ddp_grad_check.py"), str(out), est)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-4000:]
         res = json.loads(out.read_text())
         assert res["world"] == 2 and res["contraction_loss"] > 0
@@ -314,11 +326,9 @@ def test_lerobot_train_under_accelerate_two_processes(pusht_like_dataset, tmp_pa
     import subprocess
 
     out = tmp_path / "ddp"
-    cmd = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
-           "--mixed_precision=no", "--dynamo_backend=no", "-m", "lerobot.scripts.lerobot_train", *TRAIN_FLAGS,
-           f"--dataset.root={pusht_like_dataset}", f"--output_dir={out}", "--steps=6", "--log_freq=3", "--save_freq=6",
-           "--batch_size=4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
+    cmd, env = ddp_launch("-m", "lerobot.scripts.lerobot_train", *TRAIN_FLAGS, f"--dataset.root={pusht_like_dataset}",
+                          f"--output_dir={out}", "--steps=6", "--log_freq=3", "--save_freq=6", "--batch_size=4")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
     assert "Effective batch size: 4 x 2 = 8" in text

@@ -83,3 +83,14 @@ def pusht_like_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pusht_like_image_dataset(tmp_path_factory) -> Path:
     return write_pusht_like_dataset(tmp_path_factory.mktemp("data") / "pusht_like_img", n_episodes=2, length=30, image=True)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny nets: one intra-op thread is faster, and immune to OpenMP spin-waits on a shared 2-core box."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

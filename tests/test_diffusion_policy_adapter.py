@@ -33,13 +33,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "policy_configs" / "diffusion_policy"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny nets: one intra-op thread is faster, and immune to OpenMP spin-waits on a shared 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

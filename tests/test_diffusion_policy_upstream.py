@@ -67,13 +67,7 @@ TRANSFORMER = "cdp_plugin.diffusion_policy.ContractiveDiffusionTransformerLowdim
 ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny nets: one intra-op thread is faster, and immune to OpenMP spin-waits on a shared 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _upstream_sha() -> str | None:

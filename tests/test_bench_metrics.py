@@ -202,7 +202,8 @@ def tiny_profile(**kw) -> Profile:
     return Profile(**base)
 
 
-def test_matrix_skips_finished_cells_and_retries_failed_ones(tmp_path):
+def test_matrix_skips_finished_cells_and_retries_failed_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDP_PUSHT_ZARR", str(tmp_path / "absent.zarr"))  # pusht without its data is skipped
     prof = tiny_profile()
     cells = cells_of(prof)
     assert len(cells) == 4 and all(c.task == "pointmaze" for c in cells)  # pusht has no dataset: skipped

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from cdp_plugin.data.generate import GenerateConfig, generate, parse_args

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from cdp_plugin.data.generate import GenerateConfig, generate

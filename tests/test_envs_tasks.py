@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from lerobot.envs.configs import EnvConfig
 from lerobot.envs.factory import make_env, make_env_config
 from lerobot.envs.utils import env_to_policy_features, preprocess_observation
@@ -147,3 +146,24 @@ def test_unknown_task_and_obs_type_are_rejected():
     with pytest.raises(ValueError, match="robosuite task"):
         make_env_config("robosuite", task="Stack")
     assert EnvConfig.get_choice_class("robosuite_can")().features["environment_state"].shape == (14,)
+
+
+def test_task_table_is_the_one_place():
+    """Every task's env config is the registered choice of its env type, its generator and expert import, and
+    the generator CLI and the bench offer exactly the table's tasks."""
+    from cdp_plugin.bench import matrix
+    from cdp_plugin.data.generate import parse_args
+    from cdp_plugin.envs.tasks import TASKS, get_task, load_entry
+
+    known = EnvConfig.get_known_choices()
+    for name, spec in TASKS.items():
+        assert spec.name == name
+        assert known[spec.env_type] is spec.env_config_class(), name
+        assert callable(load_entry(spec.dataset))
+        if spec.expert is not None:
+            assert callable(load_entry(spec.expert))
+        assert spec.bench.dataset_episodes > 0 and spec.bench.eval_episodes > 0
+        assert parse_args([name, "--out", "x"]).task == name
+    assert matrix.TASKS is TASKS
+    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of"):
+        get_task("nope")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from cdp_plugin.bench.metrics import mean_update_seconds, parse_train_log
+from cdp_plugin.envs.tasks import TASKS, TaskSpec  # the one task table (env type, dataset, bench defaults)
 
 BIN = Path(sys.executable).parent
 
@@ -34,30 +35,6 @@ POLICIES: dict[str, list[str]] = {
 POLICY_LABELS = {"dp": "DP (diffusion)", "cdp_frobenius": "CDP-frobenius", "cdp_hinge": "CDP-hinge",
                  "dp_x0": "DP-x0 (cdp, no penalty)"}
 DEFAULT_POLICIES = ["dp", "cdp_frobenius", "cdp_hinge"]
-
-
-@dataclass
-class TaskBench:
-    """A task of the matrix: how to make its expert dataset and how ``lerobot-eval`` builds its env."""
-
-    name: str
-    gen_task: str | None  # cdp_plugin.data.generate task; None: no offline dataset (skipped)
-    env_type: str
-    env_args: list[str] = field(default_factory=list)
-    skip_reason: str | None = None
-
-
-TASKS: dict[str, TaskBench] = {
-    "pointmaze": TaskBench("pointmaze", "pointmaze", "pointmaze"),
-    "lift": TaskBench("lift", "lift", "robosuite_lift"),
-    "can": TaskBench("can", "can", "robosuite_can"),
-    "pusht": TaskBench(
-        "pusht", None, "pusht",
-        skip_reason="no offline PushT dataset (HF Hub unreachable) and the plugin has no PushT expert "
-                    "(cdp_plugin.data.generate covers pointmaze, lift, can); LeRobot's --env.type=pusht evaluates, "
-                    "but there is nothing to train on",
-    ),
-}
 
 
 @dataclass
@@ -151,12 +128,13 @@ def _run(cmd: list[str], log: Path, env: dict[str, str], timeout: float | None =
     return text
 
 
-def ensure_dataset(task: TaskBench, profile: Profile, out: Path, env: dict[str, str]) -> Path:
-    """The task's expert dataset (generated once per matrix directory, seed 0)."""
-    root = out / "data" / f"{task.name}_{profile.dataset_episodes[task.name]}ep"
+def ensure_dataset(task: TaskSpec, profile: Profile, out: Path, env: dict[str, str]) -> Path:
+    """The task's dataset (generated or converted once per matrix directory, seed 0)."""
+    n_episodes = profile.dataset_episodes.get(task.name, task.bench.dataset_episodes)
+    root = out / "data" / f"{task.name}_{n_episodes}ep"
     if not (root / "meta" / "info.json").is_file():
-        _run([sys.executable, "-m", "cdp_plugin.data.generate", task.gen_task, "--episodes",
-              profile.dataset_episodes[task.name], "--out", root, "--seed", 0, "--overwrite"],
+        _run([sys.executable, "-m", "cdp_plugin.data.generate", task.name, "--episodes",
+              n_episodes, "--out", root, "--seed", 0, "--overwrite"],
              out / "logs" / f"generate_{task.name}.log", env)
     return root
 
@@ -212,12 +190,14 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
     record["train_cmd"] = " ".join(map(str, train_cmd))
 
     eval_dir = run_dir / "eval"
+    n_eval = profile.eval_episodes.get(cell.task, task.bench.eval_episodes)
     eval_cmd = [BIN / "lerobot-eval", f"--policy.path={ckpt}", f"--policy.device={profile.device}",
                 f"--policy.num_inference_steps={profile.num_inference_steps}",
                 *(["--policy.sampler=ddim"] if cell.policy != "dp" else ["--policy.noise_scheduler_type=DDIM"]),
-                f"--env.type={task.env_type}", f"--env.episode_length={profile.env_episode_length[cell.task]}",
-                *task.env_args, f"--eval.n_episodes={profile.eval_episodes[cell.task]}",
-                f"--eval.batch_size={profile.eval_episodes[cell.task]}", "--eval.use_async_envs=false",
+                f"--env.type={task.env_type}",
+                f"--env.episode_length={profile.env_episode_length.get(cell.task, task.bench.env_episode_length)}",
+                *task.bench.env_args, f"--eval.n_episodes={n_eval}",
+                f"--eval.batch_size={n_eval}", "--eval.use_async_envs=false",
                 f"--output_dir={eval_dir}", f"--seed={100000 + 1000 * cell.seed}"]
     t0 = time.time()
     if not (eval_dir / "eval_info.json").is_file():
@@ -231,8 +211,10 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
     record["eval"] = {
         "successes": [bool(s) for s in per_task["successes"]],
         "sum_rewards": [float(r) for r in per_task["sum_rewards"]],
+        "max_rewards": [float(r) for r in per_task["max_rewards"]],  # pusht: min(max coverage / 0.95, 1)
         "pc_success": float(info["overall"]["pc_success"]),
         "avg_sum_reward": float(info["overall"]["avg_sum_reward"]),
+        "avg_max_reward": float(info["overall"]["avg_max_reward"]),
     }
 
     t0 = time.time()

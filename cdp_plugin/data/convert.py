@@ -5,6 +5,7 @@
     python -m cdp_plugin.data.convert robomimic lift/ph/low_dim_v15.hdf5 --out data/lift_ph
     python -m cdp_plugin.data.convert zarr pusht/pusht_cchi_v7_replay.zarr --out data/pusht_dp --fps 10
     python -m cdp_plugin.data.convert minari D4RL/pointmaze/medium-v2 --out data/pointmaze_minari
+    python -m cdp_plugin.data.convert pusht pusht_cchi_v7_replay.zarr --out data/pusht --obs keypoints  # or image
 
 Mapping (the same for every source; override with ``--state-keys/--env-state-keys/--image-keys/--action-key``):
 
@@ -429,6 +430,11 @@ def _keys_from_args(a) -> KeyMap | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pusht"]:  # preset for Chi et al.'s Push-T zarr (gym-pusht features): cdp_plugin.data.pusht
+        from cdp_plugin.data.pusht import convert_main
+
+        return convert_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m cdp_plugin.data.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("format", choices=["robomimic", "zarr", "minari"])
     p.add_argument("source", help="hdf5 file, zarr directory/.zip, or local Minari dataset id")

@@ -1,10 +1,14 @@
-"""Scripted-expert datasets for the plugin's tasks, written as LeRobotDataset v3.
+"""Datasets for the plugin's tasks, written as LeRobotDataset v3: scripted experts, or recorded demonstrations.
 
-One command per task::
+One command per task (the task table :data:`cdp_plugin.envs.tasks.TASKS` names each task's generator)::
 
     python -m cdp_plugin.data.generate pointmaze --episodes 100 --out data/pointmaze --seed 0 --noise 0.1
     python -m cdp_plugin.data.generate lift --episodes 100 --out data/lift --seed 0 --noise 0.05
     python -m cdp_plugin.data.generate can --episodes 100 --out data/can --seed 0 --noise 0.05 [--images]
+    python -m cdp_plugin.data.generate pusht --episodes 206 --out data/pusht [--images] [--source <zarr>]
+
+Push-T converts the first ``--episodes`` human demonstrations (:mod:`cdp_plugin.data.pusht`; ``--images``:
+the image flavour). For the scripted experts:
 
 Episode ``i`` (counting attempts) resets the env with seed ``seed + i`` and draws the expert's route and noise
 from ``numpy.random.default_rng([seed, i])``, so a run is reproducible. Failed attempts are discarded (the
@@ -28,24 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cdp_plugin.data.writer import atomic_dataset, task_features
-
-
-@dataclass
-class TaskSpec:
-    """How to build a task's env and expert, and its defaults."""
-
-    env_type: str  # the matching --env.type for lerobot-eval
-    sim_task: str
-    max_steps: int
-    default_noise: float
-    image_size: tuple[int, int]
-
-
-TASKS: dict[str, TaskSpec] = {
-    "pointmaze": TaskSpec("pointmaze", "TwoRoutes", 200, 0.1, (96, 96)),
-    "lift": TaskSpec("robosuite_lift", "Lift", 200, 0.05, (84, 84)),
-    "can": TaskSpec("robosuite_can", "PickPlaceCan", 400, 0.05, (84, 84)),
-}
+from cdp_plugin.envs.tasks import TASKS, get_task
 
 
 @dataclass
@@ -64,6 +51,7 @@ class GenerateConfig:
     keep_failures: bool = False
     repo_id: str | None = None
     overwrite: bool = False
+    source: Path | None = None  # recorded data a task converts (Push-T's zarr); None: the task's default
 
 
 @dataclass
@@ -96,30 +84,6 @@ class GenerateReport:
         return d
 
 
-def make_env_and_expert(task: str, sim_task: str, images: bool, rng: np.random.Generator, noise: float):
-    """Build the raw (un-wrapped) env and its scripted expert."""
-    obs_type = "pixels_state" if images else "state"
-    if task == "pointmaze":
-        from cdp_plugin.envs.pointmaze import PointMazeEnv, PointMazeExpert
-
-        env = PointMazeEnv(task=sim_task, obs_type=obs_type)
-        return env, PointMazeExpert(env, rng, noise=noise)
-    if task in ("lift", "can"):
-        from cdp_plugin.envs.robosuite_env import RobosuiteEnv, RobosuiteExpert
-
-        try:
-            env = RobosuiteEnv(task=sim_task, obs_type=obs_type)
-        except Exception as e:  # robosuite raises various errors when OpenGL is missing
-            if images:
-                raise RuntimeError(
-                    f"could not create robosuite {sim_task} with camera images ({type(e).__name__}: {e}); "
-                    "images need offscreen OpenGL: set MUJOCO_GL=egl (GPU) or MUJOCO_GL=osmesa (CPU, libOSMesa)"
-                ) from e
-            raise
-        return env, RobosuiteExpert(env, rng, noise=noise)
-    raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
-
-
 def rollout(env, expert, seed: int, max_steps: int) -> tuple[dict[str, np.ndarray], bool, float]:
     """Run one expert episode; return its frames, whether it succeeded, and the seconds spent in the simulator."""
     from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGE, OBS_STATE
@@ -150,16 +114,19 @@ def rollout(env, expert, seed: int, max_steps: int) -> tuple[dict[str, np.ndarra
 
 
 def generate(cfg: GenerateConfig) -> GenerateReport:
-    """Generate ``cfg.episodes`` expert episodes into a LeRobotDataset at ``cfg.out``."""
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; choose one of {sorted(TASKS)}")
-    spec = TASKS[cfg.task]
+    """Write task ``cfg.task``'s dataset at ``cfg.out`` with the generator its spec names (``TASKS``)."""
+    return get_task(cfg.task).make_dataset(cfg)
+
+
+def generate_expert_dataset(cfg: GenerateConfig) -> GenerateReport:
+    """Generate ``cfg.episodes`` scripted-expert episodes into a LeRobotDataset at ``cfg.out``."""
+    spec = get_task(cfg.task)
     sim_task = cfg.sim_task or spec.sim_task
     noise = spec.default_noise if cfg.noise is None else cfg.noise
     max_steps = cfg.max_steps or spec.max_steps
     max_attempts = cfg.max_attempts or 2 * cfg.episodes + 10
     rng = np.random.default_rng(cfg.seed)  # replaced per episode; the env/expert hold a reference via .rng
-    env, expert = make_env_and_expert(cfg.task, sim_task, cfg.images, rng, noise)
+    env, expert = spec.make_env_and_expert(sim_task, cfg.images, rng, noise)
     obs_space = env.observation_space
     features = task_features(
         obs_space["agent_pos"].shape[0],
@@ -180,7 +147,7 @@ def generate(cfg: GenerateConfig) -> GenerateReport:
         repo_id=cfg.repo_id or f"local/{cfg.task}_expert",
         fps=env.fps,
         features=features,
-        robot_type="panda" if cfg.task in ("lift", "can") else "point",
+        robot_type=spec.robot_type,
         overwrite=cfg.overwrite,
         provenance=provenance,
     ) as ds:
@@ -230,12 +197,15 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     p.add_argument("--keep-failures", action="store_true", help="also write failed episodes")
     p.add_argument("--repo-id", default=None, help="repo_id stored in the metadata (default local/<task>_expert)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--source", type=Path, default=None,
+                   help="recorded data for tasks converted from demonstrations (pusht: the zarr)")
     a = p.parse_args(argv)
     if a.episodes < 1:
         p.error("--episodes must be >= 1")
     return GenerateConfig(task=a.task, out=a.out, episodes=a.episodes, seed=a.seed, noise=a.noise, images=a.images,
                           sim_task=a.sim_task, max_steps=a.max_steps, max_attempts=a.max_attempts,
-                          keep_failures=a.keep_failures, repo_id=a.repo_id, overwrite=a.overwrite)
+                          keep_failures=a.keep_failures, repo_id=a.repo_id, overwrite=a.overwrite,
+                          source=a.source)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,13 @@
 - ``--env.type=robosuite_lift`` / ``robosuite_can`` (or ``robosuite`` with ``--env.task=Lift|PickPlaceCan``):
   robosuite with the Panda arm and OSC_POSE delta actions.
 
-Each registers an ``EnvConfig`` choice for ``lerobot-eval`` / ``lerobot-train`` and a gymnasium id
+- ``--env.type=pusht``: LeRobot's own gym-pusht, trained on Chi et al.'s human demonstrations
+  (:mod:`cdp_plugin.data.pusht`).
+
+Every task's facts (env type, expert or dataset generator, bench defaults) are one entry of
+:data:`cdp_plugin.envs.tasks.TASKS`.
+
+Each plugin env registers an ``EnvConfig`` choice for ``lerobot-eval`` / ``lerobot-train`` and a gymnasium id
 (``cdp/PointMaze-v0``, ``cdp/Robosuite-v0``) whose entry point is imported only by ``gym.make``.
 """
 
@@ -20,11 +26,21 @@ for _gym_id, _entry in (
     if _gym_id not in registry:
         register(id=_gym_id, entry_point=_entry)
 
-from cdp_plugin.envs.configs import (  # noqa: E402
+from cdp_plugin.envs.configs import (
     PointMazeEnvConfig,
     RobosuiteCanEnvConfig,
     RobosuiteEnvConfig,
     RobosuiteLiftEnvConfig,
 )
+from cdp_plugin.envs.tasks import TASKS, BenchDefaults, TaskSpec, get_task
 
-__all__ = ["PointMazeEnvConfig", "RobosuiteEnvConfig", "RobosuiteLiftEnvConfig", "RobosuiteCanEnvConfig"]
+__all__ = [
+    "TASKS",
+    "BenchDefaults",
+    "PointMazeEnvConfig",
+    "RobosuiteCanEnvConfig",
+    "RobosuiteEnvConfig",
+    "RobosuiteLiftEnvConfig",
+    "TaskSpec",
+    "get_task",
+]

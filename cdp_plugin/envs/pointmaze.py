@@ -219,3 +219,9 @@ class PointMazeExpert:
         if self.noise > 0:
             action = action + self.rng.normal(0.0, self.noise, size=2)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+def make_env_and_expert(sim_task: str, obs_type: str, rng: np.random.Generator, noise: float):
+    """The task table's expert entry (:mod:`cdp_plugin.envs.tasks`): a PointMaze env and its expert."""
+    env = PointMazeEnv(task=sim_task, obs_type=obs_type)
+    return env, PointMazeExpert(env, rng, noise=noise)

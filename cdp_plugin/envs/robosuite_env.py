@@ -233,3 +233,17 @@ class RobosuiteExpert:
         if self.noise > 0:
             action[:3] += self.rng.normal(0.0, self.noise, size=3)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+def make_env_and_expert(sim_task: str, obs_type: str, rng: np.random.Generator, noise: float):
+    """The task table's expert entry (:mod:`cdp_plugin.envs.tasks`): a robosuite env and its expert."""
+    try:
+        env = RobosuiteEnv(task=sim_task, obs_type=obs_type)
+    except Exception as e:  # robosuite raises various errors when OpenGL is missing
+        if obs_type != "state":
+            raise RuntimeError(
+                f"could not create robosuite {sim_task} with camera images ({type(e).__name__}: {e}); "
+                "images need offscreen OpenGL: set MUJOCO_GL=egl (GPU) or MUJOCO_GL=osmesa (CPU, libOSMesa)"
+            ) from e
+        raise
+    return env, RobosuiteExpert(env, rng, noise=noise)

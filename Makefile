@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	  echo ">> creating $(VENV) with $(PYTHON312)"; "$(PYTHON312)" -m venv $(VENV); \
 	fi
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -e '.[sim,franka,dev]'
+	$(PY) -m pip install -e '.[sim,franka,dev,async]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

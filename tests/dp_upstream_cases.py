@@ -1,9 +1,12 @@
 """The diffusion_policy adapter against upstream itself (real-stanford/diffusion_policy, tested at 5ba07ac).
 
-Skipped (with the reason printed by ``-ra``) unless upstream is importable, e.g.::
+Run by ``tests/test_diffusion_policy_upstream.py`` (part of ``make test``) in a child pytest whose
+PYTHONPATH puts a side directory (zarr 2.18.7, numcodecs 0.15, robomimic 0.2.0; never the project's own
+dependency set) and ``../shared/upstream/diffusion_policy-5ba07ac`` in front. By hand, with any checkout::
 
-    git clone <diffusion_policy> /tmp/dp_upstream && git -C /tmp/dp_upstream checkout 5ba07ac
-    PYTHONPATH=/tmp/dp_upstream python -m pytest tests/test_diffusion_policy_upstream.py
+    PYTHONPATH=.cache/dp_side:/path/to/diffusion_policy python -m pytest -p no:zarr tests/dp_upstream_cases.py
+
+Skipped (with the reason printed by ``-ra``) unless upstream is importable.
 
 What runs here is upstream's code: its policy classes as parents, its hydra configs (from its own config
 directory, with only ``policy._target_`` changed plus test-infrastructure overrides: CPU, debug loop,
@@ -12,11 +15,9 @@ gym-0.21 simulators do not install on Python 3.12), its workspaces' ``run()`` lo
 PushT datasets, its checkpoint format (dill) and its ``eval.py`` reload recipe.
 
 Data: a tiny PushT-layout zarr (3 episodes x 40 steps: keypoint, state, action, img) is written by the
-test through upstream's ``ReplayBuffer.add_episode``. Upstream's ReplayBuffer needs zarr 2; with zarr 3
-installed (this project's venv) the same on-disk layout is written with zarr 3 and
-``ReplayBuffer.copy_from_path`` is replaced for the test by a loader into upstream's numpy-backed
-ReplayBuffer (everything downstream -- SequenceSampler, dataset, normalizer -- stays upstream's). Put a
-zarr 2 (``zarr==2.18.7 numcodecs<0.16``) first on PYTHONPATH to run upstream's zarr path unchanged.
+test through upstream's ``ReplayBuffer.add_episode`` and read back by upstream's zarr-2 path. Should only
+zarr 3 be importable, the same on-disk layout is written with zarr 3 and ``ReplayBuffer.copy_from_path``
+is replaced for the test by a loader into upstream's numpy-backed ReplayBuffer.
 
 The workspaces need :func:`cdp_plugin.diffusion_policy.compat.patch_diffusers_optimization` on
 diffusers >= 0.3x; the tests apply it explicitly (it is opt-in, never automatic).
@@ -177,10 +178,11 @@ TINY_LOWDIM = ["policy.model.down_dims=[16,32,64]", "policy.model.diffusion_step
 TINY_IMAGE = ["policy.down_dims=[16,32,64]", "policy.diffusion_step_embed_dim=16"]
 
 
-def _compose(config_name: str, overrides: list[str], config_dir: pathlib.Path = UPSTREAM_CFG):
+def _compose(config_name: str, overrides: list[str], config_dir: pathlib.Path = UPSTREAM_CFG, resolve: bool = True):
     with hydra.initialize_config_dir(config_dir=str(config_dir), version_base=None):
         cfg = hydra.compose(config_name=config_name, overrides=overrides)
-    OmegaConf.resolve(cfg)  # as upstream's train.py does before instantiating the workspace
+    if resolve:
+        OmegaConf.resolve(cfg)  # as upstream's train.py does before instantiating the workspace
     return cfg
 
 
@@ -200,6 +202,64 @@ def _wait_saves(ws):
     t = getattr(ws, "_saving_thread", None)
     if t is not None:
         t.join()
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _assert_only_target_differs(config_name: str, common: list[str], target: str):
+    """The composed config with the swap differs from upstream's (same overrides) in policy._target_ only."""
+    # unresolved: ${now:...} interpolations (run names) stay as written, everything else is as composed
+    base = _flat(OmegaConf.to_container(_compose(config_name, common, resolve=False)))
+    swapped = _flat(OmegaConf.to_container(_compose(config_name, common + [f"policy._target_={target}"], resolve=False)))
+    diff = {k: (base.get(k), swapped.get(k)) for k in set(base) | set(swapped) if base.get(k) != swapped.get(k)}
+    assert list(diff) == ["policy._target_"], diff
+    assert diff["policy._target_"][1] == target and diff["policy._target_"][0].startswith("diffusion_policy.policy.")
+    return diff
+
+
+def _record_losses(policy) -> list[dict]:
+    """Record ``last_contraction`` after every training ``compute_loss`` (instance attribute; remove after)."""
+    records: list[dict] = []
+    orig = policy.compute_loss
+
+    def compute_loss(batch):
+        out = orig(batch)
+        if torch.is_grad_enabled():
+            records.append(dict(policy.last_contraction, returned=out.item()))
+        return out
+
+    policy.compute_loss = compute_loss
+    return records
+
+
+def _assert_logged_loss_has_penalty(log_file: pathlib.Path, records: list[dict]):
+    """upstream's JsonLogger lines: per-step ``train_loss`` is the loss with the contraction term in it."""
+    logs = [json.loads(line) for line in log_file.read_text().splitlines()]
+    steps = [r["train_loss"] for r in logs if "train_loss" in r and "val_loss" not in r]
+    assert len(records) == 6 and len(steps) == 6, (len(records), len(steps))  # debug: 2 epochs x 3 steps
+    for logged, rec in zip(steps, records):
+        assert rec["penalty"] > 0 and rec["weight"] > 0
+        assert logged == pytest.approx(rec["returned"], rel=1e-6)
+        assert logged == pytest.approx(rec["diffusion_loss"] + rec["weight"] * rec["penalty"], rel=1e-6)
+        assert logged - rec["diffusion_loss"] > 0  # the logged loss is not the plain DDPM loss
+
+
+def test_side_environment_versions():
+    """Under the launcher: upstream really runs on zarr 2 and robomimic 0.2.0 from the side directory."""
+    import robomimic
+
+    print(f"zarr {zarr.__version__} robomimic {robomimic.__version__} diffusion_policy {list(diffusion_policy.__path__)}")
+    if os.environ.get("CDP_DP_SIDE_ENV") == "1":
+        assert zarr.__version__ == "2.18.7" and robomimic.__version__ == "0.2.0"
+        assert not ZARR3
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -244,8 +304,9 @@ def test_hybrid_subclass_in_mro_when_robomimic_installed():
 def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader, tmp_path):
     from diffusion_policy.workspace.train_diffusion_unet_lowdim_workspace import TrainDiffusionUnetLowdimWorkspace
 
-    overrides = ["task=pusht_lowdim", f"policy._target_={LOWDIM}"] + _infra(tiny_zarr, NoopLowdimRunner) + TINY_LOWDIM
-    cfg = _compose("train_diffusion_unet_lowdim_workspace", overrides)
+    common = ["task=pusht_lowdim"] + _infra(tiny_zarr, NoopLowdimRunner) + TINY_LOWDIM
+    _assert_only_target_differs("train_diffusion_unet_lowdim_workspace", common, LOWDIM)
+    cfg = _compose("train_diffusion_unet_lowdim_workspace", common + [f"policy._target_={LOWDIM}"])
     ws = _workspace(cfg, tmp_path / "run")
     assert isinstance(ws, TrainDiffusionUnetLowdimWorkspace)
     Cls = cdp_dp.ContractiveDiffusionUnetLowdimPolicy
@@ -257,8 +318,11 @@ def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader,
     assert all(a is b for a, b in zip(opt_params, ws.model.parameters()))
     assert ws.model.kwargs == {}  # our keyword arguments never reach scheduler.step
 
+    records = _record_losses(ws.model)
     ws.run()
     _wait_saves(ws)
+    del ws.model.compute_loss
+    _assert_logged_loss_has_penalty(tmp_path / "run" / "logs.json.txt", records)
 
     st = ws.model.last_contraction
     n_train_steps = 2 * 3  # debug mode: 2 epochs x 3 steps
@@ -282,7 +346,8 @@ def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader,
     policy = ws2.ema_model if cfg2.training.use_ema else ws2.model
     assert type(policy) is Cls
     policy.eval()
-    obs = torch.randn(4, cfg2.n_obs_steps, cfg2.obs_dim)
+    ds = hydra.utils.instantiate(cfg2.task.dataset)  # a real observation window from upstream's dataset
+    obs = torch.stack([ds[i]["obs"][: cfg2.n_obs_steps] for i in (0, 5, 10, 15)])
     with torch.no_grad():
         res = policy.predict_action({"obs": obs, "obs_mask": torch.ones_like(obs, dtype=torch.bool)})
     assert res["action"].shape == (4, cfg2.n_action_steps, cfg2.action_dim)
@@ -341,24 +406,32 @@ def test_image_workspace_trains_and_predicts(tiny_zarr, zarr_reader, tmp_path):
 def test_hybrid_workspace_trains_and_predicts(tiny_zarr, zarr_reader, tmp_path):
     """train_diffusion_unet_hybrid_workspace (robomimic encoder built in the constructor), task=pusht_image."""
     pytest.importorskip("robomimic", reason="robomimic is not installed (needed by upstream's hybrid image policies)")
-    overrides = (["task=pusht_image", f"policy._target_={HYBRID}"] + _infra(tiny_zarr, NoopImageRunner, batch=4)
-                 + TINY_IMAGE + ["policy.num_inference_steps=10", "checkpoint.save_last_ckpt=false"])
-    cfg = _compose("train_diffusion_unet_hybrid_workspace", overrides)
+    common = (["task=pusht_image"] + _infra(tiny_zarr, NoopImageRunner, batch=4)
+              + TINY_IMAGE + ["policy.num_inference_steps=10", "checkpoint.save_last_ckpt=false"])
+    _assert_only_target_differs("train_diffusion_unet_hybrid_workspace", common, HYBRID)
+    cfg = _compose("train_diffusion_unet_hybrid_workspace", common + [f"policy._target_={HYBRID}"])
     ws = _workspace(cfg, tmp_path / "run")
     from diffusion_policy.policy.diffusion_unet_hybrid_image_policy import DiffusionUnetHybridImagePolicy
 
     assert type(ws.model) is cdp_dp.ContractiveDiffusionUnetHybridImagePolicy
     assert isinstance(ws.model, DiffusionUnetHybridImagePolicy)
+    records = _record_losses(ws.model)
     ws.run()
+    _wait_saves(ws)
+    del ws.model.compute_loss
+    _assert_logged_loss_has_penalty(tmp_path / "run" / "logs.json.txt", records)
     st = ws.model.last_contraction
     assert ws.model._cdp_step == 6 and st["penalty"] > 0
     assert st["loss"] == pytest.approx(st["diffusion_loss"] + st["weight"] * st["penalty"], rel=1e-6)
     policy = ws.ema_model
     policy.eval()
-    obs = {"image": torch.rand(2, cfg.n_obs_steps, 3, 96, 96), "agent_pos": torch.randn(2, cfg.n_obs_steps, 2)}
+    ds = hydra.utils.instantiate(cfg.task.dataset)  # real observations (image, agent_pos) from upstream's dataset
+    items = [ds[i]["obs"] for i in (0, 7)]
+    obs = {k: torch.stack([it[k][: cfg.n_obs_steps] for it in items]) for k in ("image", "agent_pos")}
     with torch.no_grad():
         res = policy.predict_action(obs)
     assert res["action"].shape == (2, cfg.n_action_steps, 2) and res["action_pred"].shape == (2, cfg.horizon, 2)
+    assert torch.isfinite(res["action_pred"]).all()
     # an upstream-class state_dict loads strictly
     stock_cfg = copy.deepcopy(cfg.policy)
     stock_cfg._target_ = "diffusion_policy.policy.diffusion_unet_hybrid_image_policy.DiffusionUnetHybridImagePolicy"

@@ -137,9 +137,9 @@ def _make_handler(hub: HubEndpoint):
                 m = re.match(r"^---\n(.*?)\n---\n", content, re.S)
                 meta = yaml.safe_load(m.group(1)) if m else None
                 if not isinstance(meta, dict):
-                    return self._send(400, b"model card has no YAML metadata block", {"Content-Type": "text/plain"})
+                    return self._json(400, {"errors": [{"message": "no YAML metadata block"}], "warnings": []})
                 hub.validated_cards.append(content)
-                return self._send(200, b"", {"Content-Type": "text/plain"})
+                return self._json(200, {"errors": [], "warnings": []})
             m = re.fullmatch(rf"/api/models/{_REPO}/(?P<op>preupload|commit)/(?P<rev>.+)", path)
             if method == "POST" and m:
                 repo_id = m["repo"]

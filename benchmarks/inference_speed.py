@@ -53,7 +53,7 @@ def set_sampler(policy: ContractiveDiffusionPolicy, sampler: str, steps: int) ->
     cfg.sampler, cfg.num_inference_steps = sampler, steps
     m = policy.diffusion
     m.num_inference_steps = steps
-    m.sampling_scheduler = m.noise_scheduler if sampler == "ddpm" else make_scheduler(sampler, cfg.schedule_config())
+    m.sampling_scheduler = make_scheduler(sampler, m.noise_scheduler)
 
 
 def observation(policy, device):

@@ -1,19 +1,22 @@
-"""Deterministic (ODE) samplers for diffusion policies, built on diffusers' schedulers.
+"""Samplers for diffusion policies, built on diffusers' schedulers from the training scheduler's own config.
 
-Contraction is a property of the probability-flow ODE, so CDP deploys with a deterministic sampler:
+Contraction is a property of the probability-flow ODE, so CDP deploys with a deterministic sampler. The names
+in :data:`SAMPLERS` are the only sampler names of the project (both front ends and the converter read them);
+each has one meaning, in every front end:
 
+* ``"ddpm"``: the training schedule stepped stochastically (``DDPMScheduler.from_config`` of the training
+  scheduler's config; with LeRobot's default ``noise_scheduler_type="DDPM"`` this is LeRobot's own loop),
 * ``"ddim"``: ``DDIMScheduler`` with ``eta = 0`` (first-order, a discretised PF-ODE),
-* ``"dpmsolver++"``: ``DPMSolverMultistepScheduler`` with ``algorithm_type="dpmsolver++"``,
-  ``solver_order=2`` (the paper's DPM-Solver++(2M)),
-* ``"ddpm"``: LeRobot's stochastic default, kept selectable.
+* ``"dpmsolver++"``: ``DPMSolverMultistepScheduler`` with ``algorithm_type="dpmsolver++"``, ``solver_order=2``
+  (the paper's DPM-Solver++(2M)), ``"trailing"`` timestep spacing and a zero final sigma.
 
-All helpers are small pure functions: no global state.
+:func:`make_scheduler` is the one builder. All helpers are small pure functions: no global state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -26,7 +29,11 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass
 class ScheduleConfig:
-    """The training noise schedule (the fields LeRobot's ``DiffusionConfig`` and diffusion_policy share)."""
+    """A training noise schedule, for code that has no training scheduler yet (toys, tests).
+
+    :func:`training_scheduler` turns it into the ``DDPMScheduler`` a model is trained with; everything that
+    samples builds from that scheduler's config with :func:`make_scheduler`.
+    """
 
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
@@ -37,33 +44,59 @@ class ScheduleConfig:
     clip_sample_range: float = 1.0
 
 
-def make_scheduler(sampler: str, schedule: ScheduleConfig):
-    """Build the diffusers scheduler for ``sampler`` on the given training schedule."""
+def training_scheduler(schedule: ScheduleConfig):
+    """The ``DDPMScheduler`` a model with this schedule trains with (``add_noise``, ``alphas_cumprod``)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**asdict(schedule))
+
+
+def _config_of(source) -> Mapping[str, Any]:
+    if isinstance(source, ScheduleConfig):
+        return training_scheduler(source).config
+    if hasattr(source, "config") and hasattr(source, "step"):
+        return source.config
+    if isinstance(source, Mapping):
+        return source
+    raise TypeError(f"make_scheduler: expected a diffusers scheduler, its config or a ScheduleConfig, got {type(source)}")
+
+
+def make_scheduler(sampler: str, source):
+    """The deployment scheduler ``sampler`` on the training schedule of ``source``.
+
+    ``source`` is the training scheduler (LeRobot's / diffusion_policy's ``noise_scheduler``), its ``config``,
+    or a :class:`ScheduleConfig`. The new scheduler is ``<Class>.from_config(source_config, ...)``: every
+    schedule setting (betas, ``num_train_timesteps``, ``prediction_type``, clipping, ``trained_betas``, ...)
+    comes from the training config; only the solver's own options are set here. Every
+    ``num_inference_steps`` in ``[1, num_train_timesteps]`` gives finite steps for every sampler (the
+    DPM-Solver++ options below were chosen for that: issue 12).
+    """
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    common = dict(
-        num_train_timesteps=schedule.num_train_timesteps,
-        beta_start=schedule.beta_start,
-        beta_end=schedule.beta_end,
-        beta_schedule=schedule.beta_schedule,
-        prediction_type=schedule.prediction_type,
-    )
+    cfg = _config_of(source)
     if sampler == "ddpm":
-        return DDPMScheduler(**common, clip_sample=schedule.clip_sample, clip_sample_range=schedule.clip_sample_range)
+        return DDPMScheduler.from_config(cfg)
     if sampler == "ddim":
-        return DDIMScheduler(**common, clip_sample=schedule.clip_sample, clip_sample_range=schedule.clip_sample_range)
+        return DDIMScheduler.from_config(cfg)
     if sampler == "dpmsolver++":
-        return DPMSolverMultistepScheduler(
-            **common,
+        clip = bool(cfg.get("clip_sample", False))
+        return DPMSolverMultistepScheduler.from_config(
+            cfg,
             algorithm_type="dpmsolver++",
             solver_order=2,
+            # first-order last step, landing on sigma = 0 (x0 itself)
             lower_order_final=True,
+            final_sigmas_type="zero",
+            # "linspace" (diffusers' default) repeats timesteps when num_inference_steps is close to
+            # num_train_timesteps (h = 0 in the 2M update: NaN); "leading" (a DDPM config's spacing) collapses
+            # them to 0. "trailing" keeps them distinct for every num_inference_steps <= num_train_timesteps.
+            timestep_spacing="trailing",
             # dpmsolver++ thresholding clips x0 like clip_sample does for DDPM/DDIM
-            thresholding=schedule.clip_sample,
-            sample_max_value=schedule.clip_sample_range,
+            thresholding=clip,
+            sample_max_value=float(cfg.get("clip_sample_range", 1.0)),
             dynamic_thresholding_ratio=1.0,
         )
-    raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    raise ValueError(f"unknown sampler {sampler!r}; expected one of {list(SAMPLERS)}")
 
 
 def alpha_sigma(scheduler, timesteps: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,14 @@ from torch import Tensor, nn
 from tqdm.auto import trange
 
 from cdp_plugin.contraction import ContractionConfig, contraction_penalty
-from cdp_plugin.samplers import ScheduleConfig, alpha_sigma, make_scheduler, sample, separation_ratio
+from cdp_plugin.samplers import (
+    ScheduleConfig,
+    alpha_sigma,
+    make_scheduler,
+    sample,
+    separation_ratio,
+    training_scheduler,
+)
 
 CENTRES = torch.tensor([[0.6, 0.3], [-0.6, -0.3]])
 MODE_STD = 0.06
@@ -75,7 +82,7 @@ def train_toy(
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = two_mode_data(n_data, g)
-    sched = make_scheduler("ddpm", ScheduleConfig(num_train_timesteps, prediction_type=prediction_type, clip_sample=False))
+    sched = training_scheduler(ScheduleConfig(num_train_timesteps, prediction_type=prediction_type, clip_sample=False))
     model = ToyDenoiser(num_train_timesteps=num_train_timesteps)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in trange(steps, disable=not progress, desc="toy"):

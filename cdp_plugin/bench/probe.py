@@ -15,6 +15,9 @@ from pathlib import Path
 import torch
 
 from cdp_plugin.bench.metrics import action_variance, lambda_profile, median_latency_ms, sampler_separation
+from cdp_plugin.policy import ContractiveDiffusionPolicy  # noqa: F401  (registers the cdp policy type)
+from cdp_plugin.register import register_all
+from cdp_plugin.samplers import make_scheduler
 
 
 @dataclass
@@ -33,11 +36,14 @@ class ProbeSettings:
 
 def load_policy(ckpt: str | Path, settings: ProbeSettings, device: str = "cpu"):
     """``(policy, preprocessor, cfg)`` with the evaluation sampler swapped in (DDIM for DP, ``sampler`` for cdp)."""
-    import lerobot_policy_cdp  # noqa: F401  (registers cdp and the plugin's envs)
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
+    from cdp_plugin.policy.safe_load import validate_processor_files
+
+    register_all()  # the plugin's env types, for configs that name them
     ckpt = str(ckpt)
+    validate_processor_files(ckpt)  # before LeRobot builds anything from the checkpoint's JSON
     cfg = PreTrainedConfig.from_pretrained(ckpt)
     cfg.device = device
     cfg.num_inference_steps = settings.num_inference_steps
@@ -99,10 +105,7 @@ def probe_checkpoint(ckpt: str | Path, dataset_root: str | Path, settings: Probe
                          "n_samples": settings.n_samples}
     # lambda_max of sym J_x0 at the noise levels the deterministic sampler visits
     sched = model.noise_scheduler
-    from cdp_plugin.samplers import ScheduleConfig, make_scheduler
-
-    eval_sched = make_scheduler("ddim", ScheduleConfig(cfg.num_train_timesteps, cfg.beta_schedule, cfg.beta_start,
-                                                        cfg.beta_end, cfg.prediction_type))
+    eval_sched = make_scheduler("ddim", sched)
     eval_sched.set_timesteps(settings.num_inference_steps)
     ts = sorted(int(t) for t in eval_sched.timesteps)
     m = min(settings.n_lambda, K)

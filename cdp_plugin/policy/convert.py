@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig
+from cdp_plugin.samplers import SAMPLERS
 
 _CDP_ONLY = {f for f in ContractiveDiffusionConfig.__dataclass_fields__} - {
     f for f in ContractiveDiffusionConfig.__mro__[1].__dataclass_fields__
@@ -35,6 +36,9 @@ def convert_diffusion_checkpoint(src: str | Path, dst: str | Path, **overrides) 
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("type") not in ("diffusion", "cdp"):
         raise ValueError(f"{cfg_path} is a {cfg.get('type')!r} checkpoint; only 'diffusion' (or 'cdp') converts")
+    from cdp_plugin.policy.safe_load import validate_processor_files
+
+    validate_processor_files(src)  # only registered processor steps are copied (no code from the JSON)
     unknown = set(overrides) - _CDP_ONLY - set(cfg)
     if unknown:
         raise ValueError(f"unknown config fields {sorted(unknown)}")
@@ -51,9 +55,7 @@ def convert_diffusion_checkpoint(src: str | Path, dst: str | Path, **overrides) 
     # validate by parsing it the way LeRobot does, before the folder looks complete
     from lerobot.configs.policies import PreTrainedConfig
 
-    import lerobot_policy_cdp  # noqa: F401
-
-    PreTrainedConfig.from_pretrained(tmp)
+    PreTrainedConfig.from_pretrained(tmp)  # "cdp" is registered: this module imports its config class
     tmp.rename(dst)
     return dst
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src")
     ap.add_argument("dst")
-    ap.add_argument("--sampler", choices=("ddpm", "ddim", "dpmsolver++"))
+    ap.add_argument("--sampler", choices=SAMPLERS)
     ap.add_argument("--num_inference_steps", type=int)
     ap.add_argument("--contraction_weight", type=float)
     args = ap.parse_args(argv)

@@ -229,3 +229,20 @@ def test_keymap_image_names():
     assert KeyMap(["s"], image_keys=["agentview_image"]).image_feature_name("agentview_image") == "observation.image"
     two = KeyMap(["s"], image_keys=["agentview_image", "robot0_eye_in_hand_image"])
     assert two.image_feature_name("robot0_eye_in_hand_image") == "observation.images.robot0_eye_in_hand"
+
+
+def test_zarr_chunks_skipped_as_fill_value_convert_only_when_allowed(tmp_path):
+    """zarr >= 3 does not store all-fill-value chunks: refused by default, read as the fill value on request."""
+    src = tmp_path / "buf.zarr"
+    arrays = write_replay_buffer(src)
+    (src / "data" / "state" / "1.0").unlink()  # rows 5-9
+    (src / "data" / "n_contacts" / "0.0").unlink()  # not converted: does not block
+    with pytest.raises(ValueError, match=r"'data/state'.*1 chunk\(s\) missing.*1.0 \(rows 5-9\)"):
+        convert_zarr(src, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    convert_zarr(src, tmp_path / "out", allow_missing_chunks=True)
+    ds = LeRobotDataset("local/buf", root=tmp_path / "out")
+    state = np.concatenate([ep["observation.state"] for ep in episodes_of(ds)])
+    expected = arrays["state"].copy()
+    expected[5:10] = 0.0  # the fill value
+    np.testing.assert_array_equal(state, expected)

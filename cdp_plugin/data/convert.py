@@ -20,9 +20,11 @@ keys — the same layout as ``--env.type=robosuite_lift|robosuite_can``; zarr ``
 uint8); Minari: an array observation is the state, a dict observation
 maps ``observation`` to the state and ``desired_goal`` to the environment state.
 
-Every array is checked before anything is written (present, readable, same length as the actions, finite);
-a problem raises :class:`DatasetFormatError` naming the file, the episode and the key. The output appears only
-once complete (see :mod:`cdp_plugin.data.writer`).
+Every array is checked before anything is written (present, readable, same length as the actions, finite
+after the cast to float32, and for zarr: every chunk stored, since zarr reads a missing chunk as its fill
+value); a problem raises :class:`DatasetFormatError` naming the file, the episode, the frame and the key. The
+output path is checked before any work, appears only once complete, and ``--overwrite`` replaces only a dataset
+this tool wrote (see :mod:`cdp_plugin.data.writer`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cdp_plugin.data.writer import atomic_dataset, image_feature, vector_feature
+from cdp_plugin.data.writer import OutputPathError, atomic_dataset, check_output_path, image_feature, vector_feature
 
 
 class DatasetFormatError(ValueError):
@@ -107,11 +109,22 @@ def episode_frames(source: str, ep: Episode, keys: KeyMap) -> dict[str, np.ndarr
             )
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             bad = int(np.argwhere(~np.isfinite(arr.reshape(n, -1)))[0, 0])
-            raise DatasetFormatError(source, f"non-finite value at step {bad}", ep.name, key)
+            raise DatasetFormatError(source, f"non-finite value at frame {bad}", ep.name, key)
         return arr
 
+    def f32(key: str, arr: np.ndarray) -> np.ndarray:
+        """``arr`` as float32, checked after the cast (float64 beyond +-3.4e38 becomes +-inf)."""
+        with np.errstate(over="ignore"):
+            out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            t, j = (int(i) for i in np.argwhere(~np.isfinite(out.reshape(n, -1)))[0])
+            raise DatasetFormatError(
+                source, f"value {arr.reshape(n, -1)[t, j]!r} at frame {t} is out of float32 range (inf after the "
+                "cast); rescale the data", ep.name, key)
+        return out
+
     def vec(key_list: list[str]) -> np.ndarray:
-        return np.concatenate([get(k).reshape(n, -1).astype(np.float32) for k in key_list], axis=1)
+        return np.concatenate([f32(k, get(k).reshape(n, -1)) for k in key_list], axis=1)
 
     frames = {"observation.state": vec(keys.state_keys), "action": vec([keys.action_key])}
     if keys.env_state_keys:
@@ -122,9 +135,10 @@ def episode_frames(source: str, ep: Episode, keys: KeyMap) -> dict[str, np.ndarr
             raise DatasetFormatError(source, f"expected images of shape (T, H, W, 3), got {img.dtype} {img.shape}",
                                      ep.name, k)
         frames[keys.image_feature_name(k)] = to_uint8_images(img)
-    for src, dst, dtype in (("rewards", "next.reward", np.float32), ("dones", "next.done", bool)):
-        if src in raw:
-            frames[dst] = get(src).reshape(n, 1).astype(dtype)
+    if "rewards" in raw:
+        frames["next.reward"] = f32("rewards", get("rewards").reshape(n, 1))
+    if "dones" in raw:
+        frames["next.done"] = get("dones").reshape(n, 1).astype(bool)
     return frames
 
 
@@ -167,6 +181,7 @@ def write_lerobot(
     provenance: dict | None = None,
 ) -> dict:
     """Validate every episode, then write them all; return a summary (episodes, frames, lengths)."""
+    check_output_path(out, overwrite)  # an unusable --out is refused before any work
     if not episodes:
         raise DatasetFormatError(source, "no episodes found")
     # Validate everything before creating the output (cheap for low-dim data; images are loaded twice).
@@ -273,6 +288,7 @@ def convert_robomimic(path: str | Path, out: str | Path, *, keys: KeyMap | None 
                       fps: int | None = None, repo_id: str | None = None, overwrite: bool = False) -> dict:
     """robomimic hdf5 -> LeRobotDataset. ``fps`` defaults to ``env_args.env_kwargs.control_freq`` (else 20)."""
     path = Path(path)
+    check_output_path(out, overwrite)
     episodes, env_args, obs_info = robomimic_episodes(path, filter_key)
     keys = keys or robomimic_keymap(obs_info)
     fps = fps or int(env_args.get("env_kwargs", {}).get("control_freq", 20))
@@ -330,6 +346,42 @@ def zarr_episodes(path: Path) -> tuple[list[Episode], dict[str, tuple]]:
     return [Episode(str(i), loader(i, int(s), int(e))) for i, (s, e) in enumerate(zip(starts, ends))], info
 
 
+def missing_chunks(arr) -> list[tuple[str, int, int]]:
+    """Chunks of a zarr array absent from its store, as ``(chunk key, first row, last row)``.
+
+    zarr returns the fill value for a missing chunk, so a lost chunk file would read as real zeros. Note that
+    zarr >= 3 by default does not store chunks that hold only the fill value (``write_empty_chunks=False``).
+    """
+    import itertools
+
+    from zarr.core.sync import sync
+
+    if arr.nchunks_initialized >= arr.nchunks:
+        return []
+    grid = [-(-s // c) for s, c in zip(arr.shape, arr.chunks, strict=True)]
+    out = []
+    for coords in itertools.product(*map(range, grid)):
+        key = arr.metadata.encode_chunk_key(coords)
+        if not sync((arr.store_path / key).exists()):
+            lo = coords[0] * arr.chunks[0] if coords else 0
+            hi = min(lo + arr.chunks[0], arr.shape[0]) - 1 if coords else 0
+            out.append((key, lo, hi))
+    return out
+
+
+def check_zarr_chunks(path: Path, names: list[str]) -> None:
+    """Refuse (:class:`DatasetFormatError`) if any of the arrays ``names`` (e.g. ``data/action``) lacks a chunk."""
+    root = _open_zarr(path)
+    for name in names:
+        miss = missing_chunks(root[name])
+        if miss:
+            shown = ", ".join(f"{k} (rows {lo}-{hi})" for k, lo, hi in miss[:5]) + (" ..." if len(miss) > 5 else "")
+            raise DatasetFormatError(
+                str(path), f"{len(miss)} chunk(s) missing from the store: {shown}; zarr would read them as the fill "
+                f"value {root[name].fill_value!r}. Restore the file, or pass --allow-missing-chunks if they were "
+                "skipped because they hold only the fill value (zarr >= 3 write_empty_chunks=False)", key=name)
+
+
 def zarr_keymap(info: dict[str, tuple]) -> KeyMap:
     """Default ReplayBuffer mapping (Push-T): ``state`` / ``keypoint`` / uint8 ``(N,H,W,3)`` arrays / ``action``."""
     images = [k for k, (shape, dtype) in info.items() if len(shape) == 4 and shape[-1] == 3]
@@ -339,13 +391,22 @@ def zarr_keymap(info: dict[str, tuple]) -> KeyMap:
 
 
 def convert_zarr(path: str | Path, out: str | Path, *, keys: KeyMap | None = None, fps: int = 10,
-                 task: str | None = None, repo_id: str | None = None, overwrite: bool = False) -> dict:
-    """diffusion_policy zarr ReplayBuffer (zarr v2 format, directory or ``.zip``) -> LeRobotDataset."""
+                 task: str | None = None, repo_id: str | None = None, overwrite: bool = False,
+                 allow_missing_chunks: bool = False) -> dict:
+    """diffusion_policy zarr ReplayBuffer (zarr v2 format, directory or ``.zip``) -> LeRobotDataset.
+
+    Arrays with chunks missing from the store are refused unless ``allow_missing_chunks`` (see
+    :func:`missing_chunks`).
+    """
     path = Path(path)
+    check_output_path(out, overwrite)
     episodes, info = zarr_episodes(path)
     keys = keys or zarr_keymap(info)
     if not keys.state_keys:
         raise DatasetFormatError(str(path), f"no state keys found among {sorted(info)}; pass --state-keys")
+    if not allow_missing_chunks:
+        used = [*keys.state_keys, *keys.env_state_keys, *keys.image_keys, keys.action_key]
+        check_zarr_chunks(path, ["meta/episode_ends", *(f"data/{k}" for k in used if k in info)])
     prov = {"converter": "zarr", "source": str(path.absolute()), "keys": keys.__dict__}
     stem = path.name.split(".")[0]
     return write_lerobot(str(path), episodes, keys, Path(out), fps=fps, task=task or stem,
@@ -407,6 +468,7 @@ def minari_keymap(info: dict) -> KeyMap:
 def convert_minari(dataset_id: str, out: str | Path, *, keys: KeyMap | None = None, fps: int | None = None,
                    repo_id: str | None = None, overwrite: bool = False) -> dict:
     """Local Minari dataset -> LeRobotDataset (observation ``t`` paired with action ``t``; the last obs dropped)."""
+    check_output_path(out, overwrite)
     episodes, info, env_fps = minari_episodes(dataset_id)
     keys = keys or minari_keymap(info)
     fps = fps or int(env_fps or 30)
@@ -447,7 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env-state-keys", default=None, help="comma-separated keys for observation.environment_state")
     p.add_argument("--image-keys", default=None, help="comma-separated uint8 image keys")
     p.add_argument("--action-key", default="action", help="action key (robomimic: 'actions' is read as 'action')")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a dataset this tool wrote (anything else is refused)")
+    p.add_argument("--allow-missing-chunks", action="store_true",
+                   help="zarr: read chunks missing from the store as the fill value instead of refusing")
     a = p.parse_args(argv)
     keys = _keys_from_args(a)
     try:
@@ -456,10 +521,10 @@ def main(argv: list[str] | None = None) -> int:
                                         repo_id=a.repo_id, overwrite=a.overwrite)
         elif a.format == "zarr":
             summary = convert_zarr(a.source, a.out, keys=keys, fps=a.fps or 10, task=a.task, repo_id=a.repo_id,
-                                   overwrite=a.overwrite)
+                                   overwrite=a.overwrite, allow_missing_chunks=a.allow_missing_chunks)
         else:
             summary = convert_minari(a.source, a.out, keys=keys, fps=a.fps, repo_id=a.repo_id, overwrite=a.overwrite)
-    except DatasetFormatError as e:
+    except (DatasetFormatError, OutputPathError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary.pop("episode_lengths")

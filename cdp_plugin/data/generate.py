@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cdp_plugin.data.writer import atomic_dataset, task_features
+from cdp_plugin.data.writer import (
+    NonFiniteValueError, OutputPathError, atomic_dataset, check_output_path, task_features,
+)
 from cdp_plugin.envs.tasks import TASKS, get_task
 
 
@@ -115,6 +117,7 @@ def rollout(env, expert, seed: int, max_steps: int) -> tuple[dict[str, np.ndarra
 
 def generate(cfg: GenerateConfig) -> GenerateReport:
     """Write task ``cfg.task``'s dataset at ``cfg.out`` with the generator its spec names (``TASKS``)."""
+    check_output_path(cfg.out, cfg.overwrite)  # refuse an unusable --out before any work (writer.py)
     return get_task(cfg.task).make_dataset(cfg)
 
 
@@ -209,7 +212,11 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    report = generate(parse_args(argv))
+    try:
+        report = generate(parse_args(argv))
+    except (OutputPathError, NonFiniteValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(report.summary()))
     return 0
 

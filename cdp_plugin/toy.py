@@ -98,7 +98,7 @@ def train_toy(
         if contraction is not None and contraction.active:
             a, s = alpha_sigma(sched, t)
             pen, _ = contraction_penalty(
-                lambda x, i: model(x, t[i]), xt, a, s, prediction_type, contraction,
+                lambda x, i, t=t: model(x, t[i]), xt, a, s, prediction_type, contraction,
                 t_frac=t.float() / num_train_timesteps, generator=g, y=pred,
             )
             loss = loss + contraction.weight * pen

@@ -134,7 +134,7 @@ def test_converted_diffusion_checkpoint_acts(tmp_path):
     assert dp.config.num_inference_steps is None
     dp.save_pretrained(tmp_path / "dp")
     proc = subprocess.run([sys.executable, "-m", "cdp_plugin.policy.convert", str(tmp_path / "dp"), str(tmp_path / "cdp")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = json.loads((tmp_path / "cdp" / "config.json").read_text())
     assert cfg["type"] == "cdp" and cfg["prediction_type"] == "epsilon" and cfg["num_inference_steps"] is None
@@ -142,3 +142,90 @@ def test_converted_diffusion_checkpoint_acts(tmp_path):
     assert policy.config.sampler == "dpmsolver++"  # cdp's default sampler over all 100 steps
     a = _act(policy)
     assert a.shape == (2, 2) and torch.isfinite(a).all(), a
+
+
+# ------------------------------------------------------------------------------ exact per-step thresholds
+def _sym_with_eigs(eigs, seed=0):
+    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    return q @ torch.diag(torch.tensor(eigs, dtype=torch.float64)) @ q.T
+
+
+def _net_for_x0_map(A, prediction_type, sched):
+    """The network output (in ``prediction_type``) of the linear denoiser x0(x_t) = x_t A^T, any t."""
+    from cdp_plugin.samplers import alpha_sigma
+
+    def fn(x, t):
+        a, s = alpha_sigma(sched, t)
+        a, s = a.to(x.dtype).view(-1, 1), s.to(x.dtype).view(-1, 1)
+        x0 = x @ A.T
+        eps = (x - a * x0) / s
+        return {"sample": x0, "epsilon": eps, "v_prediction": a * eps - s * x0}[prediction_type]
+
+    return fn
+
+
+def _one_step_jacobian(sampler, prediction_type, n, A, i):
+    """Brute force: the Jacobian of x_t -> scheduler.step(net(x_t), t, x_t).prev_sample at step ``i`` of the
+    real diffusers scheduler, after running the earlier steps (so a multistep solver holds its history)."""
+    import copy
+
+    train = training_scheduler(ScheduleConfig(T, prediction_type=prediction_type, clip_sample=False))
+    sched = make_scheduler(sampler, train)
+    sched.set_timesteps(n)
+    net = _net_for_x0_map(A, prediction_type, train)
+    x = torch.randn(1, A.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.5
+    for t in sched.timesteps[:i]:
+        tt = torch.full((1,), int(t), dtype=torch.long)
+        x = sched.step(net(x, tt), t, x, generator=torch.Generator().manual_seed(0)).prev_sample.double()
+    t = sched.timesteps[i]
+    tt = torch.full((1,), int(t), dtype=torch.long)
+
+    def f(z):
+        s = copy.deepcopy(sched)  # step() advances the scheduler's state
+        return s.step(net(z, tt), t, z, generator=torch.Generator().manual_seed(0)).prev_sample.double()
+
+    return torch.autograd.functional.jacobian(f, x)[0, :, 0, :]
+
+
+@pytest.mark.parametrize("prediction_type", PREDS)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_step_bounds_match_the_real_schedulers_one_step_jacobian(sampler, prediction_type):
+    """For D(x) = A x with sym A's eigenvalues just inside (lower, upper) the real step's symmetric Jacobian
+    contracts; one eigenvalue just above ``upper`` or just below ``lower`` makes it expand."""
+    from cdp_plugin.samplers import step_coefficients, step_contraction_bounds
+
+    for n in (1, 2, 10):
+        bounds = step_contraction_bounds(training_scheduler(ScheduleConfig(T, prediction_type=prediction_type)),
+                                         sampler, n)
+        coefs = step_coefficients(ScheduleConfig(T, prediction_type=prediction_type), sampler, n)
+        assert len(bounds) == n and bounds[-1].s == -1 and bounds[-1].lower == pytest.approx(-1.0)
+        for i, (lo, hi) in enumerate((b.lower, b.upper) for b in bounds):
+            w = hi - lo
+            cases = {
+                "inside": [lo + 0.02 * w, lo + 0.5 * w, hi - 0.02 * w, hi - 0.3 * w],
+                "above": [lo + 0.5 * w, hi + 0.02 * w, hi - 0.3 * w, lo + 0.2 * w],
+                "below": [lo - 0.02 * w, lo + 0.5 * w, hi - 0.3 * w, hi - 0.1 * w],
+            }
+            for case, eigs in cases.items():
+                A = _sym_with_eigs(eigs, seed=i)
+                J = _one_step_jacobian(sampler, prediction_type, n, A, i)
+                a, b = coefs[i].a, coefs[i].b
+                # the step's Jacobian is a I + b A (DPM-Solver++ steps in float32)
+                assert torch.allclose(J, a * torch.eye(4, dtype=J.dtype) + b * A, rtol=1e-4, atol=1e-4 * (1 + b)), (
+                    sampler, n, i)
+                ev = torch.linalg.eigvalsh((J + J.T) / 2)
+                spread = ev.abs().max().item()
+                if case == "inside":
+                    assert spread < 1, (sampler, prediction_type, n, i, case, ev)
+                else:
+                    assert spread > 1, (sampler, prediction_type, n, i, case, ev)
+
+
+def test_ddim10_threshold_at_t90_is_the_issues_number():
+    """Issue 13: one DDIM-10 step at t = 90 contracts iff lambda_max < 0.217, not alpha_t = 0.140."""
+    from cdp_plugin.samplers import alpha_sigma, step_contraction_bounds
+
+    b = {x.t: x for x in step_contraction_bounds(ScheduleConfig(T), "ddim", 10)}
+    assert b[90].s == 80 and b[90].upper == pytest.approx(0.217, abs=5e-4)
+    assert alpha_sigma(training_scheduler(ScheduleConfig(T)), torch.tensor([90]))[0].item() == pytest.approx(0.140, abs=5e-4)

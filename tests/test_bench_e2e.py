@@ -1,18 +1,23 @@
-"""One tiny matrix cell end to end: generate a dataset, ``lerobot-train`` (4 steps), ``lerobot-eval``, probe (issue 7)."""
+"""One tiny matrix cell end to end: generate a dataset, ``lerobot-train`` (4 steps), ``lerobot-eval``, probe (issue 7),
+run as a policy *variant* with its own flags, with success vs sampling steps and mode coverage (issue 13.3)."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from cdp_plugin.bench.matrix import load_cells, run_matrix
-from cdp_plugin.bench.probe import ProbeSettings
 from test_bench_metrics import tiny_profile
+
+from cdp_plugin.bench.matrix import load_cells, parse_variant, run_matrix
+from cdp_plugin.bench.probe import ProbeSettings
 
 
 def test_tiny_cell_end_to_end_and_resume(tmp_path):
-    prof = tiny_profile(tasks=["pointmaze"], policies=["cdp_frobenius"], fractions=[0.5], seeds=[0])
-    settings = ProbeSettings(n_obs=2, n_samples=4, n_sep=2, n_lambda=2, lanczos_iters=4, latency_repeats=2)
+    name, flags = parse_variant("g3w=cdp:--policy.contraction_weight=3,--policy.contraction_noise_window=[0,0.5]")
+    prof = tiny_profile(tasks=["pointmaze"], policies=[name], fractions=[0.5], seeds=[0], variants={name: flags},
+                        eval_steps=[1], mode_episodes=2)
+    settings = ProbeSettings(n_obs=2, n_samples=4, n_sep=2, n_lambda=2, lanczos_iters=4, latency_repeats=2,
+                             step_time_repeats=2, step_time_batch=2)
 
     from cdp_plugin.bench import matrix
 
@@ -24,12 +29,21 @@ def test_tiny_cell_end_to_end_and_resume(tmp_path):
     (rec,) = load_cells(tmp_path)
     assert rec["episodes"] is not None and len(rec["episodes"]) == 2  # 50 % of 4 episodes
     assert "--dataset.episodes=[" in rec["train_cmd"] and "--policy.sampler=ddim" in rec["eval_cmd"]
+    assert "--policy.contraction_weight=3" in rec["train_cmd"]
+    assert "--policy.contraction_noise_window=[0,0.5]" in rec["train_cmd"]
+    cfg = json.loads(next((tmp_path / "runs" / rec["id"] / "train" / "checkpoints").glob("*/pretrained_model/config.json"))
+                     .read_text())
+    assert cfg["contraction_weight"] == 3 and cfg["contraction_noise_window"] == [0, 0.5]
     assert [r["step"] for r in rec["train_log"]][-1] == 4 and rec["update_s"] > 0
     assert len(rec["eval"]["successes"]) == 1
+    assert set(rec["eval_by_steps"]) == {"1", "10"} and rec["eval_by_steps"]["1"]["num_inference_steps"] == 1
+    assert rec["modes"]["n_episodes"] == 2 and len(rec["modes"]["successes"]) == 2
     p = rec["probe"]
     assert p["sep_ratio"]["n"] == 4 and math.isfinite(p["sep_ratio"]["median"])
     assert len(p["action_var"]["per_obs"]) == 2 and p["action_var"]["mean"] >= 0
     assert len(p["lambda_profile"]) == 10 and p["latency_ms"] > 0 and p["eval_sampler"] == "ddim-10"
+    assert all(r["lower"] < 0 < r["upper"] and r["n"] == 2 for r in p["lambda_profile"])
+    assert p["step_time"]["ratio"] > 0 and p["step_time"]["dp_s"] > 0
     assert [r["step"] for r in rec["sep_over_training"]] == [2, 4]
     assert not (tmp_path / "runs" / rec["id"] / "eval" / "videos").exists()
     # rerun: the finished cell is skipped, nothing is retrained

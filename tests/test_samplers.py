@@ -10,7 +10,13 @@ import sys
 import pytest
 import torch
 
-from cdp_plugin.samplers import SAMPLERS, ScheduleConfig, make_scheduler, sample, training_scheduler
+from cdp_plugin.samplers import (
+    SAMPLERS,
+    ScheduleConfig,
+    make_scheduler,
+    sample,
+    training_scheduler,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -21,7 +21,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from cdp_plugin.bench.matrix import PROFILES, TASKS, load_cells, profile_with, run_matrix
+from cdp_plugin.bench.matrix import (
+    PROFILES,
+    TASKS,
+    load_cells,
+    load_variants,
+    parse_variant,
+    policy_flags,
+    profile_with,
+    run_matrix,
+)
 
 
 def _repo_root() -> Path:
@@ -33,6 +42,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="CPU profile (default)")
     g.add_argument("--full", action="store_true", help="GPU profile")
+    g.add_argument("--profile", choices=sorted(PROFILES), default=None, help="named profile (quick, standard, full)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:FLAGS",
+                   help="a policy variant with arbitrary lerobot-train flags, e.g. "
+                        "g3=cdp:--policy.contraction_weight=3,--policy.contraction_noise_window=[0,0.1] "
+                        "(BASE: dp, cdp or a built-in policy); repeatable; added to the policies run")
+    p.add_argument("--variants-file", type=Path, default=None, help="JSON/YAML mapping name -> 'base:flags' | "
+                   "[flags] | {base, flags}; added to the policies run")
+    p.add_argument("--eval-steps", default=None, help="comma-separated extra sampling-step counts to evaluate")
+    p.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per cell (every task)")
+    p.add_argument("--dataset-episodes", type=int, default=None, help="dataset episodes (every task)")
+    p.add_argument("--mode-episodes", type=int, default=None, help="in-process rollouts per cell for mode coverage")
+    p.add_argument("--section", default=None, help="RESULTS.md section tag to write (default bench:matrix)")
     p.add_argument("--out", type=Path, default=None, help="matrix directory (default outputs/bench_<profile>)")
     p.add_argument("--tasks", default=None, help="comma-separated subset of tasks (pointmaze,lift,can,pusht)")
     p.add_argument("--policies", default=None, help="comma-separated subset of dp,cdp_frobenius,cdp_hinge")
@@ -62,10 +83,28 @@ def detect_card(device: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    name = "full" if a.full else "quick"
-    csv = lambda s, f=str: None if s is None else [f(x) for x in s.split(",") if x]  # noqa: E731
-    profile = profile_with(PROFILES[name], tasks=csv(a.tasks), policies=csv(a.policies), seeds=csv(a.seeds, int),
-                           fractions=csv(a.fractions, float), steps=a.steps, device=a.device)
+    name = a.profile or ("full" if a.full else "quick")
+    csv = lambda s, f=str: None if s is None else [f(x) for x in s.split(",") if x]
+    try:
+        variants = dict(load_variants(a.variants_file)) if a.variants_file else {}
+        variants.update(parse_variant(v) for v in a.variant)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit(f"cdp-bench: {e}") from None
+    base = PROFILES[name]
+    policies = csv(a.policies) or (base.policies if not variants else [])
+    policies = policies + [v for v in variants if v not in policies]
+    tasks = csv(a.tasks) or base.tasks
+    per_task = lambda n: None if n is None else {t: n for t in tasks}
+    profile = profile_with(base, tasks=tasks, policies=policies, seeds=csv(a.seeds, int),
+                           fractions=csv(a.fractions, float), steps=a.steps, device=a.device,
+                           variants={**base.variants, **variants} if variants else None,
+                           eval_steps=csv(a.eval_steps, int), eval_episodes=per_task(a.eval_episodes),
+                           dataset_episodes=per_task(a.dataset_episodes), mode_episodes=a.mode_episodes)
+    for pol in profile.policies:
+        try:
+            policy_flags(profile, pol)
+        except ValueError as e:
+            raise SystemExit(f"cdp-bench: --policies: {e}") from None
     for t in profile.tasks:
         if t not in TASKS:
             raise SystemExit(f"cdp-bench: unknown task {t!r}; choose from {sorted(TASKS)}")
@@ -86,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         status = run_matrix(profile, out, progress=not a.no_progress)
         run_meta = {"command": "cdp-bench " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
                     "card": a.card or detect_card(profile.device),
-                    "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                    "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                     "wall_s": time.time() - t0, "status": status}
         hist = out / "runs.jsonl"
         with open(hist, "a") as fh:
@@ -96,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             print("failed cells: " + ", ".join(status["failed"]), file=sys.stderr)
     if a.no_report:
         return 1 if status["failed"] else 0
-    from cdp_plugin.bench.report import MATRIX_TAG, aggregate, compact_table, make_plots, matrix_markdown, replace_section
+    from cdp_plugin.bench.report import (
+        MATRIX_TAG,
+        aggregate,
+        compact_table,
+        make_plots,
+        matrix_markdown,
+        replace_section,
+    )
 
     cells = load_cells(out)
     if not cells:
@@ -105,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     agg = aggregate(cells)
     # metadata: the run(s) that produced the cells; wall time summed over resumed runs
     meta = {"command": "cdp-bench --" + name, "card": a.card or detect_card(profile.device),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
     hist = out / "runs.jsonl"
     if hist.is_file():
         runs = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
@@ -126,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     from cdp_plugin.bench.matrix import POLICIES
 
     found = [c["cell"] for c in cells]
-    prof["policies"] = [p for p in POLICIES if any(c["policy"] == p for c in found)]
+    prof["policies"] = [p for p in POLICIES if any(c["policy"] == p for c in found)] + list(dict.fromkeys(
+        c["policy"] for c in found if c["policy"] not in POLICIES))  # variants, in the order they were run
     prof["tasks"] = [t for t in TASKS if any(c["task"] == t for c in found)] + [t for t in profile.tasks if t not in {c["task"] for c in found}]
     prof["fractions"] = sorted({c["fraction"] for c in found}, reverse=True)
     prof["seeds"] = sorted({c["seed"] for c in found})

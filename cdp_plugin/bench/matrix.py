@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from cdp_plugin.bench.metrics import mean_update_seconds, parse_train_log
-from cdp_plugin.envs.tasks import TASKS, TaskSpec  # the one task table (env type, dataset, bench defaults)
+from cdp_plugin.envs.tasks import (  # the one task table (env type, dataset, bench defaults)
+    TASKS,
+    TaskSpec,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -35,6 +39,77 @@ POLICIES: dict[str, list[str]] = {
 POLICY_LABELS = {"dp": "DP (diffusion)", "cdp_frobenius": "CDP-frobenius", "cdp_hinge": "CDP-hinge",
                  "dp_x0": "DP-x0 (cdp, no penalty)"}
 DEFAULT_POLICIES = ["dp", "cdp_frobenius", "cdp_hinge"]
+# a variant's base: its policy type (further flags follow it), or any name of POLICIES
+VARIANT_BASES = {"dp": ["--policy.type=diffusion"], "cdp": ["--policy.type=cdp"]}
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def _split_flags(text: str) -> list[str]:
+    """``--a=1,--b=[0,0.1]`` -> ``["--a=1", "--b=[0,0.1]"]`` (commas inside a value stay)."""
+    return [f.strip() for f in re.split(r",(?=\s*--)", text) if f.strip()]
+
+
+def _variant(name: str, spec) -> tuple[str, list[str]]:
+    if not _VARIANT_NAME.match(name) or "__" in name:
+        raise ValueError(f"variant name {name!r}: use letters, digits, '_', '.', '+', '-' (no '__')")
+    if isinstance(spec, dict):
+        base, flags = spec.get("base", "cdp"), list(spec.get("flags", []))
+    elif isinstance(spec, str):
+        base, _, rest = spec.partition(":")
+        flags = _split_flags(rest)
+    else:  # a list of flags, base cdp unless a --policy.type is among them
+        base, flags = None, list(spec)
+    if base is None:
+        head = [] if any(f.startswith("--policy.type=") for f in flags) else VARIANT_BASES["cdp"]
+    elif base in VARIANT_BASES:
+        head = VARIANT_BASES[base]
+    elif base in POLICIES:
+        head = POLICIES[base]
+    else:
+        raise ValueError(f"variant {name!r}: base {base!r} is not one of {sorted(VARIANT_BASES | POLICIES)}")
+    bad = [f for f in flags if not f.startswith("--")]
+    if bad:
+        raise ValueError(f"variant {name!r}: flags must start with '--' (lerobot-train flags), got {bad}")
+    return name, [*head, *flags]
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``name=base:--flag=v,--flag2=[a,b]`` (base ``dp``, ``cdp`` or a built-in policy name) -> (name, flags)."""
+    name, eq, spec = text.partition("=")
+    if not eq:
+        raise ValueError(f"--variant {text!r}: expected name=base:--flag=value,... (e.g. g3=cdp:--policy.contraction_weight=3)")
+    return _variant(name.strip(), spec.strip())
+
+
+def load_variants(path: str | Path) -> dict[str, list[str]]:
+    """Variants from a JSON or YAML file: ``{name: "base:--f=v,...", name2: [flags], name3: {base, flags}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"variants file {path} not found")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise TypeError(f"variants file {path}: expected a mapping name -> spec, got {type(data).__name__}")
+    return dict(_variant(str(k), v) for k, v in data.items())
+
+
+def policy_flags(profile: Profile, name: str) -> list[str]:
+    """The lerobot-train flags of a policy or variant of ``profile``."""
+    if name in profile.variants:
+        return list(profile.variants[name])
+    if name in POLICIES:
+        return list(POLICIES[name])
+    raise ValueError(f"unknown policy {name!r}; built-in: {sorted(POLICIES)}; variants: {sorted(profile.variants)}")
+
+
+def is_dp(flags: list[str]) -> bool:
+    """Whether the flags train LeRobot's ``diffusion`` (DDIM at evaluation via ``noise_scheduler_type``)."""
+    return "--policy.type=diffusion" in flags
 
 
 @dataclass
@@ -62,6 +137,12 @@ class Profile:
     subset: str = "episodes"  # how a data fraction is drawn: "episodes" (--dataset.episodes)
     threads: int = 1
     num_workers: int = 0  # lerobot-train data workers (the CPU profile keeps 0)
+    variants: dict[str, list[str]] = field(default_factory=dict)  # name -> lerobot-train flags (--variant)
+    eval_steps: list[int] = field(default_factory=list)  # extra sampling-step counts evaluated (success vs steps)
+    mode_episodes: int = 0  # in-process rollouts per cell for mode coverage (tasks with a mode classifier)
+    plateau_evals: bool = False  # evaluate DP at every checkpoint: did its success stop rising?
+    probe_n_lambda: int = 16  # observations of the per-step lambda profile
+    step_time_repeats: int = 8  # interleaved in-process train steps (policy vs same-size DP)
 
     def train_flags(self) -> list[str]:
         return [
@@ -87,6 +168,18 @@ PROFILES: dict[str, Profile] = {
         seeds=[0, 1, 2], dataset_episodes={"pointmaze": 200, "lift": 100, "can": 100}, steps=20000, batch_size=64,
         down_dims=[128, 256, 512], embed_dim=128, lr=1e-4, eval_episodes={"pointmaze": 50, "lift": 50, "can": 50},
         env_episode_length={"pointmaze": 200, "lift": 200, "can": 400}, device="cuda", n_checkpoints=8, threads=4, num_workers=4,
+        eval_steps=[1, 2, 4, 10], mode_episodes=50, plateau_evals=True,
+    ),
+    # CPU profile of issue 13: DP (LeRobot `diffusion`) trains long enough for its success to stop rising -- every
+    # DP checkpoint is evaluated (`success_over_training`) and the report says whether the last one is still
+    # above the earlier ones beyond the intervals --, >= 50 evaluation episodes per cell, 3 seeds, success vs
+    # 1 / 2 / 4 / 10 sampling steps, mode coverage from 50 in-process rollouts.
+    "standard": Profile(
+        name="standard", tasks=["pointmaze", "lift", "pusht"], policies=["dp", "dp_x0", "cdp_frobenius"],
+        fractions=[1.0, 0.1], seeds=[0, 1, 2], dataset_episodes={"pointmaze": 100, "lift": 50}, steps=3000,
+        batch_size=64, down_dims=[64, 128], embed_dim=64, lr=1e-3, eval_episodes={"pointmaze": 50, "lift": 50, "pusht": 50},
+        env_episode_length={"pointmaze": 200, "lift": 150, "pusht": 300}, n_checkpoints=6, eval_steps=[1, 2, 4, 10],
+        mode_episodes=50, plateau_evals=True,
     ),
 }
 
@@ -100,7 +193,7 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return f"{self.task}__{self.policy}__f{int(round(self.fraction * 100)):03d}__s{self.seed}"
+        return f"{self.task}__{self.policy}__f{round(self.fraction * 100):03d}__s{self.seed}"
 
 
 def cells_of(profile: Profile) -> list[Cell]:
@@ -121,7 +214,8 @@ def _run(cmd: list[str], log: Path, env: dict[str, str], timeout: float | None =
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(map(str, cmd)) + "\n")
         fh.flush()
-        proc = subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+        proc = subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout,
+                              check=False)
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(str(cmd[0])).name} failed ({proc.returncode}); log {log}:\n{text[-3000:]}")
@@ -167,8 +261,8 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
     run_dir = out / "runs" / cell.id
     train_dir = run_dir / "train"
     record: dict = {"cell": asdict(cell), "id": cell.id, "profile": profile.name, "dataset": str(root),
-                    "episodes": episodes}
-    train_cmd = [BIN / "lerobot-train", *POLICIES[cell.policy], *profile.train_flags(),
+                    "episodes": episodes, "policy_flags": policy_flags(profile, cell.policy)}
+    train_cmd = [BIN / "lerobot-train", *policy_flags(profile, cell.policy), *profile.train_flags(),
                  f"--dataset.repo_id=local/{root.name}", f"--dataset.root={root}", f"--output_dir={train_dir}",
                  f"--seed={1000 + cell.seed}"]
     if episodes is not None:
@@ -189,36 +283,35 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
     record["final_loss"] = rows[-1].get("loss") if rows else None
     record["train_cmd"] = " ".join(map(str, train_cmd))
 
-    eval_dir = run_dir / "eval"
     n_eval = profile.eval_episodes.get(cell.task, task.bench.eval_episodes)
-    eval_cmd = [BIN / "lerobot-eval", f"--policy.path={ckpt}", f"--policy.device={profile.device}",
-                f"--policy.num_inference_steps={profile.num_inference_steps}",
-                *(["--policy.sampler=ddim"] if cell.policy != "dp" else ["--policy.noise_scheduler_type=DDIM"]),
-                f"--env.type={task.env_type}",
-                f"--env.episode_length={profile.env_episode_length.get(cell.task, task.bench.env_episode_length)}",
-                *task.bench.env_args, f"--eval.n_episodes={n_eval}",
-                f"--eval.batch_size={n_eval}", "--eval.use_async_envs=false",
-                f"--output_dir={eval_dir}", f"--seed={100000 + 1000 * cell.seed}"]
     t0 = time.time()
-    if not (eval_dir / "eval_info.json").is_file():
-        shutil.rmtree(eval_dir, ignore_errors=True)
-        _run(eval_cmd, run_dir / "eval.log", env)
-    shutil.rmtree(eval_dir / "videos", ignore_errors=True)
-    info = json.loads((eval_dir / "eval_info.json").read_text())
+    record["eval"], record["eval_cmd"] = evaluate(ckpt, cell, profile, run_dir / "eval", n_eval,
+                                                  profile.num_inference_steps, env)
+    # success vs number of sampling steps (same episodes and seeds as the main evaluation)
+    record["eval_by_steps"] = {str(profile.num_inference_steps): record["eval"]}
+    for k in sorted(set(profile.eval_steps) - {profile.num_inference_steps}):
+        record["eval_by_steps"][str(k)], _ = evaluate(ckpt, cell, profile, run_dir / f"eval_k{k}", n_eval, k, env)
+    if profile.plateau_evals and is_dp(policy_flags(profile, cell.policy)):
+        record["success_over_training"] = [
+            {"step": int(ck.name), "successes": evaluate(ck / "pretrained_model", cell, profile, run_dir / f"eval_at_{ck.name}",
+                                                         n_eval, profile.num_inference_steps, env)[0]["successes"]}
+            for ck in sorted((train_dir / "checkpoints").glob("[0-9]*"))
+        ]
     record["eval_wall_s"] = time.time() - t0
-    record["eval_cmd"] = " ".join(map(str, eval_cmd))
-    per_task = info["per_task"][0]["metrics"]
-    record["eval"] = {
-        "successes": [bool(s) for s in per_task["successes"]],
-        "sum_rewards": [float(r) for r in per_task["sum_rewards"]],
-        "max_rewards": [float(r) for r in per_task["max_rewards"]],  # pusht: min(max coverage / 0.95, 1)
-        "pc_success": float(info["overall"]["pc_success"]),
-        "avg_sum_reward": float(info["overall"]["avg_sum_reward"]),
-        "avg_max_reward": float(info["overall"]["avg_max_reward"]),
-    }
+    if profile.mode_episodes:
+        from cdp_plugin.bench.modes import MODE_CLASSIFIERS, mode_coverage
+
+        if cell.task in MODE_CLASSIFIERS:
+            t0 = time.time()
+            record["modes"] = mode_coverage(ckpt, cell.task, profile.mode_episodes, profile.num_inference_steps,
+                                            seed=200000 + 1000 * cell.seed,
+                                            episode_length=profile.env_episode_length.get(cell.task, task.bench.env_episode_length))
+            record["modes_wall_s"] = time.time() - t0
 
     t0 = time.time()
-    ps = probe_settings or ProbeSettings(num_inference_steps=profile.num_inference_steps, seed=cell.seed)
+    ps = probe_settings or ProbeSettings(num_inference_steps=profile.num_inference_steps, seed=cell.seed,
+                                         n_lambda=profile.probe_n_lambda, step_time_repeats=profile.step_time_repeats,
+                                         step_time_batch=profile.batch_size)
     record["probe"] = probe_checkpoint(ckpt, root, ps, full=True)
     along = []
     for ck in sorted((train_dir / "checkpoints").glob("[0-9]*")):
@@ -228,6 +321,36 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
     record["sep_over_training"] = along
     record["probe_wall_s"] = time.time() - t0
     return record
+
+
+def evaluate(ckpt: Path, cell: Cell, profile: Profile, eval_dir: Path, n_eval: int, steps: int,
+             env: dict[str, str]) -> tuple[dict, str]:
+    """``lerobot-eval`` of ``ckpt`` with DDIM-``steps`` (reused when ``eval_dir`` holds a finished run)."""
+    task = TASKS[cell.task]
+    dp = is_dp(policy_flags(profile, cell.policy))
+    eval_cmd = [BIN / "lerobot-eval", f"--policy.path={ckpt}", f"--policy.device={profile.device}",
+                f"--policy.num_inference_steps={steps}",
+                *(["--policy.noise_scheduler_type=DDIM"] if dp else ["--policy.sampler=ddim"]),
+                f"--env.type={task.env_type}",
+                f"--env.episode_length={profile.env_episode_length.get(cell.task, task.bench.env_episode_length)}",
+                *task.bench.env_args, f"--eval.n_episodes={n_eval}",
+                f"--eval.batch_size={n_eval}", "--eval.use_async_envs=false",
+                f"--output_dir={eval_dir}", f"--seed={100000 + 1000 * cell.seed}"]
+    if not (eval_dir / "eval_info.json").is_file():
+        shutil.rmtree(eval_dir, ignore_errors=True)
+        _run(eval_cmd, eval_dir.parent / f"{eval_dir.name}.log", env)
+    shutil.rmtree(eval_dir / "videos", ignore_errors=True)
+    info = json.loads((eval_dir / "eval_info.json").read_text())
+    per_task = info["per_task"][0]["metrics"]
+    return {
+        "num_inference_steps": steps,
+        "successes": [bool(s) for s in per_task["successes"]],
+        "sum_rewards": [float(r) for r in per_task["sum_rewards"]],
+        "max_rewards": [float(r) for r in per_task["max_rewards"]],  # pusht: min(max coverage / 0.95, 1)
+        "pc_success": float(info["overall"]["pc_success"]),
+        "avg_sum_reward": float(info["overall"]["avg_sum_reward"]),
+        "avg_max_reward": float(info["overall"]["avg_max_reward"]),
+    }, " ".join(map(str, eval_cmd))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -261,7 +384,7 @@ def run_matrix(
         t0 = time.time()
         try:
             record = runner(cell, profile, out)
-        except Exception as e:  # noqa: BLE001 - keep going, report the failure
+        except Exception as e:
             status["failed"].append(cell.id)
             (out / "logs").mkdir(parents=True, exist_ok=True)
             (out / "logs" / f"{cell.id}.error.txt").write_text(f"{type(e).__name__}: {e}\n")

@@ -4,6 +4,8 @@
 * :func:`action_variance`: per-observation variance of sampled actions (many noise seeds, one observation),
 * :func:`sampler_separation`: the deterministic sampler's separation ratio (two nearby noise seeds),
 * :func:`lambda_profile`: lambda_max / lambda_min of sym J_x0 at given noise levels (any prediction type),
+* :func:`step_lambda_profile`: the same per step of a sampler grid, against each step's exact contraction window,
+* :func:`interleaved_step_times`: median wall-clock time of several callables measured round-robin,
 * :func:`parse_train_log`: LeRobot's ``step:N ... updt_s:... loss:...`` console lines,
 * :func:`median_latency_ms`: wall-clock latency of a callable.
 """
@@ -14,13 +16,13 @@ import math
 import re
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from cdp_plugin.contraction import sym_extreme_eigs
-from cdp_plugin.samplers import separation_ratio
+from cdp_plugin.samplers import separation_ratio, step_contraction_bounds
 
 Z95 = 1.959963984540054
 
@@ -91,7 +93,7 @@ def lambda_profile(
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
         xt = a * x0 + s * eps
         lmin, lmax = sym_extreme_eigs(
-            lambda x: denoiser(x, tt), xt, num_iters=num_iters,
+            lambda x, tt=tt: denoiser(x, tt), xt, num_iters=num_iters,
             alpha=torch.full((x0.shape[0],), a, dtype=x0.dtype), sigma=torch.full((x0.shape[0],), s, dtype=x0.dtype),
             prediction_type=prediction_type, generator=generator,
         )
@@ -101,6 +103,61 @@ def lambda_profile(
             "lambda_min_mean": float(lmin.mean()), "violation_frac": float((lmax >= a).float().mean()),
         })
     return rows
+
+
+def step_lambda_profile(
+    denoiser: Callable[[Tensor, Tensor], Tensor],
+    x0: Tensor,
+    scheduler,
+    sampler: str,
+    num_inference_steps: int | None,
+    prediction_type: str,
+    num_iters: int = 8,
+    generator: torch.Generator | None = None,
+) -> list[dict[str, float]]:
+    """lambda_max / lambda_min of sym J_x0 at every step ``t -> s`` of ``sampler``'s grid, against the step's
+    exact contraction window ``(lower, upper)`` (:func:`cdp_plugin.samplers.step_contraction_bounds` on the
+    training ``scheduler``). ``x_t = alpha_t x0 + sigma_t eps`` for clean actions ``x0`` (B, ...), one fresh
+    ``eps`` per step. A sample violates the step when ``lambda_max >= upper`` or ``lambda_min <= lower``
+    (the step then expands some direction); ``violation_frac`` is the share of the B samples that do,
+    ``violation_upper_frac`` the share with ``lambda_max >= upper`` alone. Rows also carry ``alpha`` (the
+    continuous-time threshold) for comparison.
+    """
+    rows = []
+    ac = scheduler.alphas_cumprod
+    for b in step_contraction_bounds(scheduler, sampler, num_inference_steps):
+        t = b.t
+        tt = torch.full((x0.shape[0],), t, dtype=torch.long)
+        a = float(ac[t].sqrt())
+        s = float((1 - ac[t]).sqrt())
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        lmin, lmax = sym_extreme_eigs(
+            lambda x, tt=tt: denoiser(x, tt), a * x0 + s * eps, num_iters=num_iters,
+            alpha=torch.full((x0.shape[0],), a, dtype=x0.dtype), sigma=torch.full((x0.shape[0],), s, dtype=x0.dtype),
+            prediction_type=prediction_type, generator=generator,
+        )
+        up, lo = lmax >= b.upper, lmin <= b.lower
+        rows.append({
+            "t": t, "s": b.s, "alpha": a, "sigma": s, "lower": b.lower, "upper": b.upper, "n": int(x0.shape[0]),
+            "lambda_max_mean": float(lmax.mean()), "lambda_max_max": float(lmax.max()),
+            "lambda_min_mean": float(lmin.mean()), "lambda_min_min": float(lmin.min()),
+            "violation_frac": float((up | lo).float().mean()), "violation_upper_frac": float(up.float().mean()),
+            "violation_alpha_frac": float((lmax >= a).float().mean()),
+        })
+    return rows
+
+
+def interleaved_step_times(fns: dict[str, Callable[[], object]], repeats: int = 8, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each callable, measured round-robin (``a b a b ...``) so that load on a shared machine
+    hits every callable alike; ``warmup`` rounds are dropped."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 _LOG_KV = re.compile(r"(\w+):([-+0-9.eE]+)([KMB]?)(?=\s|$)")

@@ -27,6 +27,12 @@ so the deterministic sampler (DDIM, DPM-Solver++) is *contractive* iff
     lambda_min(sym J_eps) > sigma_t       (epsilon network)
     lambda_min(sym J_v)   > 0             (v-prediction network)
 
+One step of a discrete sampler has its own exact condition: a DDIM step ``t -> s`` contracts iff every
+eigenvalue of ``sym J_x0`` lies in ``(-(sigma_t + sigma_s)/q, (sigma_t - sigma_s)/q)`` with
+``q = alpha_s sigma_t - sigma_s alpha_t`` (:func:`cdp_plugin.samplers.step_contraction_bounds`). With
+``threshold="sampler"`` the hinge and the violation diagnostic use these per-step bounds of the deployed
+grid; with ``threshold="alpha"`` the continuous-time ``alpha_t``.
+
 All penalties below are formed on ``J_x0`` (inside the matvec), so they are correct for every
 prediction type. Copying the official ``(sym J + beta I)^2`` onto an epsilon network instead pushes
 ``J_eps`` towards ``-beta I``: the expansive direction.
@@ -36,24 +42,39 @@ With ``residual_weight="auto"`` (default) residuals and eigenvalues of epsilon n
 by ``alpha_t`` before squaring, i.e. the penalty acts on ``alpha_t (J_x0 + beta I) = I - sigma_t J_eps +
 alpha_t beta I``, which stays finite at every noise level; ``"none"`` uses the raw x0-Jacobian.
 
-Estimators (all matrix-free except ``exact``; cost does not grow with D):
+Normalisation of the Frobenius penalty (``normalization``):
 
-* ``fd_probe`` (default): first-order probe ``E ||(J_x0 + beta I) v||^2 / D^2`` with one probe ``v``
-  per sample and ``J_f v ~ (f(x_t + h v) - f(x_t)) / h``. The perturbed rows can be concatenated to the
-  batch of the denoising forward pass (see :func:`fd_probe_rows` / :func:`fd_probe_penalty`), so there is
-  no double backward and no extra sequential pass. Penalises the *whole* Jacobian (a stronger,
-  sufficient form of the symmetric condition, since ``||sym J||_F <= ||J||_F``).
-* ``hutchinson``: the official code's form ``mean_ij (sym J_x0 + beta I)_ij^2`` estimated unbiasedly by
+* ``"per_dim"`` (default): ``||w_t (J_x0 + beta I)||_F^2 / D``, the *mean squared singular value*. For
+  ``J_x0 = c I`` it is ``(c + beta)^2`` at every D, so one gamma means the same at D = 14, 32 or 224.
+* ``"paper_d2"`` (legacy, the paper's code): the mean over the D^2 entries, ``||.||_F^2 / D^2``. The same
+  loss as ``per_dim`` with ``gamma_per_dim = gamma_paper / D``: the paper's gamma 0.1 at D = 7 is 0.014
+  here; this library's earlier default (0.1 at D = 32) is 0.0031.
+
+Estimators (one small function per (loss, estimator) in :data:`ESTIMATOR_REGISTRY`; all matrix-free
+except ``exact``; cost does not grow with D):
+
+* ``fd_probe`` (default, ``fused``): first-order probe ``||(J_x0 + beta I) v||^2`` with one probe ``v``
+  per sample and ``J_f v ~ (f(x_t + h v) - f(x_t)) / h``. The perturbed rows ride in the batch of the
+  denoising forward pass (:func:`penalty_rows` then :func:`penalty_from_outputs`), so there is no double
+  backward and no extra sequential pass. Penalises the *whole* Jacobian (a stronger, sufficient form of
+  the symmetric condition, since ``||sym J||_F <= ||J||_F``).
+* ``hutchinson``: the official code's symmetric form ``||sym J_x0 + beta I||_F^2`` estimated unbiasedly by
   probes through :func:`sym_jacobian_matvec` (double backward).
 * ``exact``: the full Jacobian (``D <= 256``); the reference for tests.
-* ``lanczos``: extreme eigenvalues of ``sym J_x0`` by Lanczos with full re-orthogonalisation; the
+* ``lanczos`` (hinge): extreme eigenvalues of ``sym J_x0`` by Lanczos with full re-orthogonalisation; the
   gradient flows through the Rayleigh quotient of the detached Ritz vectors (Hellmann-Feynman).
+
+Both front ends (LeRobot ``policy/``, ``diffusion_policy/``) call the same two entry points:
+:func:`penalty_rows` (which batch rows are penalised, and the probe rows to append to the denoising
+batch for fused estimators) and :func:`penalty_from_outputs` (the penalty and diagnostics from the
+network outputs, or from a denoiser callable for double-backward estimators). :func:`contraction_penalty`
+chains the two for a plain callable.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -62,6 +83,9 @@ from torch import Tensor
 __all__ = [
     "PREDICTION_TYPES",
     "ContractionConfig",
+    "Estimator",
+    "ESTIMATOR_REGISTRY",
+    "PenaltyRows",
     "x0_jacobian_coeffs",
     "residual_scale",
     "sym_jacobian_matvec",
@@ -74,69 +98,98 @@ __all__ = [
     "fd_probe_penalty",
     "fd_probe_rayleigh",
     "penalty_sample_mask",
+    "penalty_rows",
+    "penalty_from_outputs",
     "contraction_penalty",
 ]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 LOSSES = ("frobenius", "hinge", "none")
-ESTIMATORS = {"frobenius": ("fd_probe", "hutchinson", "exact"), "hinge": ("lanczos", "exact"), "none": ()}
+NORMALIZATIONS = ("per_dim", "paper_d2")
+THRESHOLDS = ("sampler", "alpha")
 EXACT_MAX_DIM = 256
+# Under autocast a forward difference with h = 1e-3 drowns in bf16/fp16 rounding: use at least this step.
+AMP_MIN_FD_STEP = 5e-2
 
 Denoiser = Callable[[Tensor], Tensor]
 
 
+def _doc(text: str) -> dict:
+    return {"doc": text}
+
+
 @dataclass
 class ContractionConfig:
-    """Settings of the contraction penalty (shared by the LeRobot and diffusion_policy front ends).
+    """Settings of the contraction penalty: the single source of the ``contraction_*`` fields.
 
-    Attributes:
-        loss: ``"frobenius"`` (default), ``"hinge"`` or ``"none"``.
-        estimator: for frobenius ``"fd_probe"`` (default) | ``"hutchinson"`` | ``"exact"``;
-            for hinge ``"lanczos"`` (default) | ``"exact"``.
-        weight: gamma, the weight of the penalty in the total loss (paper: 0.1).
-        margin: beta. Frobenius target ``-beta I``; hinge threshold ``(1 - beta) alpha_t``
-            (``margin_mode="relative"``) or ``alpha_t - beta`` (``"additive"``).
-        num_probes: probes per sample for ``hutchinson`` (``fd_probe`` uses one probe per sample row).
-        probe: ``"rademacher"`` or ``"gaussian"``.
-        fd_step: finite-difference step ``h`` of ``fd_probe`` (in units of the normalised action).
-        lanczos_iters: Lanczos steps for ``lanczos`` and for diagnostics.
-        batch_fraction: fraction of the batch (random subset) the penalty is computed on.
-        every: compute the penalty every k-th training step only (others add 0).
-        noise_window: ``(lo, hi)`` fractions of the training noise levels ``t / T`` on which the
-            penalty applies (``(0, 0.1)`` reproduces the paper's RL runs); default all.
-        residual_weight: ``"auto"`` (alpha_t for epsilon networks, 1 otherwise), ``"alpha"`` or ``"none"``.
+    The LeRobot config (``--policy.contraction_<name>``) and the diffusion_policy adapter
+    (``contraction_<name>=`` keyword) derive their fields, defaults and docs from this class; each field's
+    meaning is in its ``metadata["doc"]`` (see :func:`field_docs`).
     """
 
-    loss: str = "frobenius"
-    estimator: str = "fd_probe"
-    weight: float = 0.1
-    margin: float = 0.1
-    margin_mode: str = "relative"
-    num_probes: int = 1
-    probe: str = "rademacher"
-    fd_step: float = 1e-3
-    lanczos_iters: int = 8
-    batch_fraction: float = 1.0
-    every: int = 1
-    noise_window: tuple[float, float] = field(default=(0.0, 1.0))
-    residual_weight: str = "auto"
+    loss: str = field(default="frobenius", metadata=_doc(
+        "`frobenius` (Frobenius norm of J_x0 + beta I), `hinge` (on the eigenvalues of sym J_x0) or `none`"))
+    estimator: str = field(default="fd_probe", metadata=_doc(
+        "frobenius: `fd_probe` (first-order probe in the same forward pass), `hutchinson` (official symmetric "
+        "form, double backward), `exact` (full Jacobian, D <= 256); hinge: `lanczos`, `exact`"))
+    weight: float = field(default=0.1, metadata=_doc(
+        "gamma, weight of the penalty in the total loss (per-dimension units, see `normalization`)"))
+    margin: float = field(default=0.1, metadata=_doc(
+        "beta: Frobenius target `-beta I`; hinge threshold shrunk by beta (`margin_mode`)"))
+    margin_mode: str = field(default="relative", metadata=_doc(
+        "hinge threshold `(1-beta) thr` (`relative`) or `thr - beta` (`additive`)"))
+    normalization: str = field(default="per_dim", metadata=_doc(
+        "squared Frobenius norm of `w_t (J_x0 + beta I)` over D (`per_dim`: the mean squared singular value, "
+        "same gamma at every D) or over D^2 (`paper_d2`, the paper's mean over entries); "
+        "gamma_per_dim = gamma_paper / D"))
+    num_probes: int = field(default=1, metadata=_doc("Hutchinson probes per sample"))
+    probe: str = field(default="rademacher", metadata=_doc("probe distribution (`rademacher`, `gaussian`)"))
+    fd_step: float = field(default=1e-3, metadata=_doc(
+        "finite-difference step of `fd_probe` (raised to 0.05 under AMP autocast)"))
+    lanczos_iters: int = field(default=8, metadata=_doc("Lanczos steps (hinge and diagnostics)"))
+    batch_fraction: float = field(default=0.25, metadata=_doc(
+        "share of the batch the penalty is computed on (its mean over these rows: changes the variance, "
+        "not the strength)"))
+    every: int = field(default=1, metadata=_doc("penalty every k-th training step"))
+    noise_window: tuple[float, float] = field(default=(0.0, 1.0), metadata=_doc(
+        "penalise only training noise levels `t/T` in `[lo, hi)`; `[0, 0.1]` is the paper's RL setting"))
+    step_window: tuple[float, float] = field(default=(0.0, 1.0), metadata=_doc(
+        "penalise only the deployed sampler's steps at positions `[lo, hi)` of its k steps counted from the "
+        "last (lowest-noise) one, e.g. `[0, 0.2]` = the last 2 of 10; a training t counts for the grid "
+        "step nearest to it"))
+    threshold: str = field(default="sampler", metadata=_doc(
+        "hinge threshold and violation diagnostic: the deployed sampler's exact per-step bounds on the "
+        "eigenvalues of sym J_x0 (`sampler`; `alpha` where the sampler has none) or the continuous `alpha_t`"))
+    residual_weight: str = field(default="auto", metadata=_doc(
+        "epsilon networks: residuals scaled by alpha_t so high-noise steps stay finite (`alpha`, `none`)"))
 
     def __post_init__(self) -> None:
-        self.noise_window = tuple(float(v) for v in self.noise_window)  # type: ignore[assignment]
+        # front ends hand over yaml / json / hydra values: coerce to the annotated type, with the field's name
+        cast = {"float": float, "int": int, "str": str, "tuple[float, float]": lambda v: tuple(float(x) for x in v)}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            try:
+                setattr(self, f.name, cast[f.type](v))
+            except (TypeError, ValueError):
+                raise ValueError(f"contraction {f.name} must be a {f.type}, got {v!r}") from None
         self.validate()
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"contraction loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.loss != "none" and self.estimator not in ESTIMATORS[self.loss]:
+        names = estimator_names(self.loss)
+        if self.loss != "none" and self.estimator not in names:
             raise ValueError(
-                f"estimator {self.estimator!r} does not fit contraction loss {self.loss!r}; "
-                f"choose one of {ESTIMATORS[self.loss]}"
+                f"estimator {self.estimator!r} does not fit contraction loss {self.loss!r}; choose one of {names}"
             )
+        w, m = self.weight, self.margin
         checks = [
-            (self.weight >= 0 and math.isfinite(self.weight), f"contraction weight must be finite and >= 0, got {self.weight}"),
-            (self.margin >= 0 and math.isfinite(self.margin), f"contraction margin must be finite and >= 0, got {self.margin}"),
-            (self.margin_mode in ("relative", "additive"), f"margin_mode must be 'relative' or 'additive', got {self.margin_mode!r}"),
+            (w >= 0 and math.isfinite(w), f"contraction weight must be finite and >= 0, got {w}"),
+            (m >= 0 and math.isfinite(m), f"contraction margin must be finite and >= 0, got {m}"),
+            (self.margin_mode in ("relative", "additive"),
+             f"margin_mode must be 'relative' or 'additive', got {self.margin_mode!r}"),
+            (self.normalization in NORMALIZATIONS,
+             f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"),
             (self.num_probes >= 1, f"num_probes must be >= 1, got {self.num_probes}"),
             (self.probe in ("rademacher", "gaussian"), f"probe must be 'rademacher' or 'gaussian', got {self.probe!r}"),
             (self.fd_step > 0, f"fd_step must be > 0, got {self.fd_step}"),
@@ -145,7 +198,11 @@ class ContractionConfig:
             (self.every >= 1, f"every must be >= 1, got {self.every}"),
             (len(self.noise_window) == 2 and 0 <= self.noise_window[0] < self.noise_window[1] <= 1,
              f"noise_window must be (lo, hi) with 0 <= lo < hi <= 1, got {self.noise_window}"),
-            (self.residual_weight in ("auto", "alpha", "none"), f"residual_weight must be 'auto', 'alpha' or 'none', got {self.residual_weight!r}"),
+            (len(self.step_window) == 2 and 0 <= self.step_window[0] < self.step_window[1] <= 1,
+             f"step_window must be (lo, hi) with 0 <= lo < hi <= 1, got {self.step_window}"),
+            (self.threshold in THRESHOLDS, f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}"),
+            (self.residual_weight in ("auto", "alpha", "none"),
+             f"residual_weight must be 'auto', 'alpha' or 'none', got {self.residual_weight!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -155,9 +212,26 @@ class ContractionConfig:
     def active(self) -> bool:
         return self.loss != "none" and self.weight > 0
 
+    @property
+    def fused(self) -> bool:
+        """Whether the estimator's probe rows ride in the denoising forward pass."""
+        return self.active and ESTIMATOR_REGISTRY[(self.loss, self.estimator)].fused
+
     def applies_at_step(self, step: int) -> bool:
         """Whether the penalty is computed at training step ``step`` (``every``-th steps only)."""
         return self.active and step % self.every == 0
+
+
+# Values a config saved before a field existed had (``normalization`` / ``threshold`` came with issue 13).
+LEGACY_VALUES = {"normalization": "paper_d2", "threshold": "alpha"}
+
+
+def field_docs() -> dict[str, tuple[object, str]]:
+    """``{name: (default, doc)}`` of every :class:`ContractionConfig` field, for the front ends' docs."""
+    out = {}
+    for f in fields(ContractionConfig):
+        out[f.name] = (f.default, f.metadata.get("doc", ""))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,11 +498,16 @@ def hutchinson_frobenius(
 def fd_probe_rows(x_t: Tensor, fd_step: float, probe: str = "rademacher", generator: torch.Generator | None = None):
     """Perturbed rows ``x_t + h v`` to append to the denoising batch, and the probes ``v``.
 
-    Returns ``(x_pert, v)`` shaped like ``x_t``. Run the network once on ``cat([x_t_all, x_pert])`` with
-    the matching conditioning, split the output, and call :func:`fd_probe_penalty`.
+    Returns ``(x_pert, v)`` shaped like ``x_t``. Front ends use :func:`penalty_rows`, which also selects the
+    rows and guards the step under mixed precision.
     """
     v = _probes(x_t.shape, x_t, probe, generator)
     return x_t + fd_step * v, v
+
+
+def _norm_dim(D: int, normalization: str) -> float:
+    """Divisor of the squared Frobenius residual: ``D`` (per_dim) or ``D^2`` (paper_d2)."""
+    return float(D) if normalization == "per_dim" else float(D * D)
 
 
 def fd_probe_penalty(
@@ -441,8 +520,9 @@ def fd_probe_penalty(
     prediction_type: str,
     margin: float,
     residual_weight: str = "auto",
+    normalization: str = "per_dim",
 ) -> Tensor:
-    """Per-sample first-order Frobenius probe ``w_t^2 ||(J_x0 + margin I) v||^2 / D^2`` (B,).
+    """Per-sample first-order Frobenius probe ``w_t^2 ||(J_x0 + margin I) v||^2 / N`` (B,), N = D or D^2.
 
     ``J_f v`` is the forward difference ``(y_pert - y) / h``; ``J_x0 v = a v + c J_f v``. Gradients flow
     through both network outputs (an ordinary backward, no double backward).
@@ -456,7 +536,7 @@ def fd_probe_penalty(
     jv = (y_pert.to(dt) - y.to(dt)) / fd_step
     vf = v.to(dt)
     r = _bview(a + margin, vf) * vf + _bview(c, vf) * jv
-    return (_bview(w, vf) * r).flatten(1).pow(2).sum(1) / (D * D)
+    return (_bview(w, vf) * r).flatten(1).pow(2).sum(1) / _norm_dim(D, normalization)
 
 
 def fd_probe_rayleigh(y: Tensor, y_pert: Tensor, v: Tensor, fd_step: float, alpha: Tensor, sigma: Tensor,
@@ -471,18 +551,76 @@ def fd_probe_rayleigh(y: Tensor, y_pert: Tensor, v: Tensor, fd_step: float, alph
     return (a * vv + c * (jv * vf).sum(1)) / vv
 
 
+# --------------------------------------------------------------------------------------------------
+# The deployed sampler's steps on the training timestep axis
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepGrid:
+    """The deployed sampler's k steps seen from training: for every training timestep ``t`` (0..T-1) the
+    grid step whose timestep is nearest (``step``, 0 = first sampling step = highest noise) and that step's
+    exact bounds ``(lower, upper)`` on the eigenvalues of sym J_x0 (contraction iff all lie inside)."""
+
+    num_steps: int
+    step: Tensor  # (T,) long
+    lower: Tensor  # (T,)
+    upper: Tensor  # (T,)
+
+    @classmethod
+    def from_bounds(cls, bounds, num_train_timesteps: int) -> StepGrid:
+        """From per-step bounds in sampling order, each with ``.t``, ``.lower``, ``.upper`` (the
+        :class:`cdp_plugin.samplers.StepBound` that :func:`cdp_plugin.samplers.step_contraction_bounds`
+        returns)."""
+        ts = torch.tensor([float(b.t) for b in bounds], dtype=torch.float64)
+        lo = torch.tensor([float(b.lower) for b in bounds], dtype=torch.float64)
+        hi = torch.tensor([float(b.upper) for b in bounds], dtype=torch.float64)
+        t = torch.arange(num_train_timesteps, dtype=torch.float64)
+        step = (t[:, None] - ts[None, :]).abs().argmin(1)  # ties: the earlier (noisier) step
+        return cls(len(bounds), step, lo[step], hi[step])
+
+    @classmethod
+    def from_sampler(cls, training_scheduler, sampler: str, num_inference_steps: int | None) -> StepGrid:
+        """The grid of the deployed ``sampler`` (a name of :data:`cdp_plugin.samplers.SAMPLERS`, built from
+        the training scheduler as the front ends deploy it) at ``num_inference_steps`` (``None``: every
+        training timestep), with its exact per-step bounds."""
+        from cdp_plugin.samplers import step_contraction_bounds
+
+        bounds = step_contraction_bounds(training_scheduler, sampler, num_inference_steps)
+        return cls.from_bounds(bounds, int(training_scheduler.config.num_train_timesteps))
+
+    def position(self, timesteps: Tensor) -> Tensor:
+        """Per-sample position of the nearest grid step counted from the last one, in [0, 1): the last
+        step is 0, the first (k-1)/k."""
+        s = self.step.to(timesteps.device)[timesteps.long()]
+        return (self.num_steps - 1 - s).double() / self.num_steps
+
+    def bounds(self, timesteps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample ``(lower, upper)`` of the grid step nearest to each training timestep."""
+        t = timesteps.long().cpu()
+        return self.lower[t].to(like), self.upper[t].to(like)
+
+
+# --------------------------------------------------------------------------------------------------
+# Which rows: noise window, sampler-step window, batch fraction
+# --------------------------------------------------------------------------------------------------
+
+
 def penalty_sample_mask(
     batch: int,
     cfg: ContractionConfig,
     t_frac: Tensor | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    step_pos: Tensor | None = None,
 ) -> Tensor:
-    """Indices of the samples the penalty is computed on: noise window, then a random batch fraction."""
+    """Indices of the samples the penalty is computed on: noise window (and, given the per-sample
+    sampler-step positions ``step_pos``, the step window), then a random batch fraction."""
     keep = torch.ones(batch, dtype=torch.bool, device=device)
-    if t_frac is not None:
-        lo, hi = cfg.noise_window
-        keep = (t_frac >= lo) & (t_frac < hi) if hi < 1 else (t_frac >= lo)
+    for frac, (lo, hi) in ((t_frac, cfg.noise_window), (step_pos, cfg.step_window)):
+        if frac is not None:
+            frac = frac.to(keep.device)
+            keep &= (frac >= lo) & (frac < hi) if hi < 1 else (frac >= lo)
     idx = keep.nonzero().flatten()
     if cfg.batch_fraction < 1 and idx.numel() > 0:
         n = max(1, int(round(cfg.batch_fraction * idx.numel())))
@@ -491,50 +629,237 @@ def penalty_sample_mask(
     return idx
 
 
-def _hinge_threshold(alpha: Tensor, cfg: ContractionConfig) -> Tensor:
-    return (1 - cfg.margin) * alpha if cfg.margin_mode == "relative" else alpha - cfg.margin
+@dataclass
+class PenaltyRows:
+    """What :func:`penalty_rows` decided for one batch.
+
+    ``idx``: the penalised rows of the batch. For fused estimators (``fd_probe``) ``x`` are the perturbed
+    rows ``x_t[idx] + h v`` to append to the denoising batch (with the conditioning / timesteps of ``idx``),
+    ``v`` the probes and ``fd_step`` the step ``h`` used; for the others ``x`` is ``None`` and ``probes``
+    holds pinned probes (if any) for the selected rows.
+    """
+
+    idx: Tensor
+    x: Tensor | None = None
+    v: Tensor | None = None
+    fd_step: float = 0.0
+    probes: Tensor | None = None
+
+    @property
+    def extra(self) -> int:
+        """Number of rows to append to the denoising batch."""
+        return 0 if self.x is None else self.x.shape[0]
 
 
-def contraction_penalty(
-    fn: Denoiser,
+def _fd_step(cfg: ContractionConfig, x: Tensor) -> float:
+    """``fd_step``, raised to :data:`AMP_MIN_FD_STEP` under autocast (bf16/fp16 rounding)."""
+    amp = torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu")
+    if x.is_cuda:
+        amp = amp or torch.is_autocast_enabled("cuda")
+    return max(cfg.fd_step, AMP_MIN_FD_STEP) if amp else cfg.fd_step
+
+
+def penalty_rows(
+    x_t: Tensor,
+    cfg: ContractionConfig,
+    t_frac: Tensor | None = None,
+    probes: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    timesteps: Tensor | None = None,
+    grid: StepGrid | None = None,
+) -> PenaltyRows:
+    """Entry point 1: which rows of the batch are penalised, and the rows to append to its forward pass.
+
+    Args:
+        x_t: noisy actions of the whole batch (B, ...), action channels only.
+        t_frac: per-sample ``t / T`` (noise window). ``timesteps`` + ``grid``: the sampler-step window.
+        probes: pinned probes over the full batch, (B, ...) or (K, B, ...) (tests, DDP checks).
+    """
+    B = x_t.shape[0]
+    _check_finite(x_t=x_t)
+    if not cfg.active:  # nothing penalised, nothing drawn
+        return PenaltyRows(torch.zeros(0, dtype=torch.long, device=x_t.device))
+    step_pos = grid.position(timesteps) if (grid is not None and timesteps is not None) else None
+    idx = penalty_sample_mask(B, cfg, t_frac, generator, x_t.device, step_pos=step_pos)
+    pv = None if probes is None else probes.reshape(-1, *x_t.shape)[:, idx].to(x_t.dtype)
+    if not cfg.fused:
+        return PenaltyRows(idx, probes=pv)
+    h = _fd_step(cfg, x_t)
+    xs = x_t[idx]
+    if pv is not None:
+        v = pv[0]
+        return PenaltyRows(idx, xs + h * v, v, h)
+    x_pert, v = fd_probe_rows(xs, h, cfg.probe, generator)
+    return PenaltyRows(idx, x_pert, v, h)
+
+
+# --------------------------------------------------------------------------------------------------
+# Estimators: one small function per (loss, estimator), held in ESTIMATOR_REGISTRY
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PenaltyInputs:
+    """Everything an estimator sees, for the selected rows only (n = number of rows).
+
+    ``f(x)``: the denoiser on rows shaped like ``x`` (double-backward estimators); ``y`` / ``y_rows``:
+    the network outputs at ``x`` and at the fused probe rows; ``a, c``: ``J_x0 = a I + c J_f``; ``w``:
+    the residual weight; ``lower, upper``: per-sample eigenvalue bounds of the contraction condition.
+    """
+
+    x: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    prediction_type: str
+    cfg: ContractionConfig
+    a: Tensor
+    c: Tensor
+    w: Tensor
+    lower: Tensor | None
+    upper: Tensor
+    f: Callable[[Tensor], Tensor] | None = None
+    y: Tensor | None = None
+    y_rows: Tensor | None = None
+    rows: PenaltyRows | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator: ``fn(PenaltyInputs) -> (per-sample penalty (n,), diagnostics)``.
+
+    ``fused``: its probe rows ride in the denoising forward pass (:func:`penalty_rows` makes them and
+    :func:`penalty_from_outputs` reads ``y_rows``); otherwise ``fn`` calls the denoiser ``f`` itself.
+    ``max_dim``: largest D it accepts (``None``: any). Diagnostics may hold ``lambda_min`` / ``lambda_max``
+    (per-sample tensors of sym J_x0) and float entries.
+    """
+
+    fn: Callable[[PenaltyInputs], tuple[Tensor, dict]]
+    fused: bool = False
+    max_dim: int | None = None
+
+
+def _sym_x0_exact(p: PenaltyInputs, create_graph: bool = True) -> Tensor:
+    """sym J_x0 per sample (n, D, D) from the full Jacobian, differentiable w.r.t. the parameters."""
+    J = exact_jacobian(p.f, p.x, create_graph=create_graph).to(p.x.dtype)
+    D = J.shape[-1]
+    eye = torch.eye(D, dtype=J.dtype, device=J.device)
+    return p.a.view(-1, 1, 1) * eye + p.c.view(-1, 1, 1) * 0.5 * (J + J.transpose(1, 2))
+
+
+def _hinge(p: PenaltyInputs, lmin: Tensor, lmax: Tensor) -> Tensor:
+    """``relu(w (lambda_max - thr_hi))^2 (+ relu(w (thr_lo - lambda_min))^2 with a lower bound)``, the
+    thresholds shrunk by beta (``margin_mode``) towards the inside of the contraction interval."""
+    beta, rel = p.cfg.margin, p.cfg.margin_mode == "relative"
+    hi = (1 - beta) * p.upper if rel else p.upper - beta
+    per = torch.relu(p.w * (lmax - hi)).pow(2)
+    if p.lower is not None:
+        lo = (1 - beta) * p.lower if rel else p.lower + beta
+        per = per + torch.relu(p.w * (lo - lmin)).pow(2)
+    return per
+
+
+def frobenius_fd_probe(p: PenaltyInputs) -> tuple[Tensor, dict]:
+    """``w_t^2 ||(J_x0 + beta I) v||^2 / N`` from the fused probe rows (first order, no double backward)."""
+    r, cfg = p.rows, p.cfg
+    per = fd_probe_penalty(p.y, p.y_rows, r.v, r.fd_step, p.alpha, p.sigma, p.prediction_type, cfg.margin,
+                           cfg.residual_weight, cfg.normalization)
+    ray = fd_probe_rayleigh(p.y, p.y_rows, r.v, r.fd_step, p.alpha, p.sigma, p.prediction_type)
+    return per, {"probe_rayleigh": ray.mean().item()}
+
+
+def frobenius_hutchinson(p: PenaltyInputs) -> tuple[Tensor, dict]:
+    """``w_t^2 ||sym J_x0 + beta I||_F^2 / N`` by Hutchinson probes through the double-VJP oracle."""
+    cfg = p.cfg
+    mv = _SymMatvec(p.f, p.x, p.a, p.c)
+    pv = None if p.rows is None else p.rows.probes
+    est = hutchinson_frobenius(mv, p.x, cfg.margin, cfg.num_probes, cfg.probe, p.generator, probes=pv)
+    return p.w.pow(2) * est / _norm_dim(p.x[0].numel(), cfg.normalization), {}
+
+
+def frobenius_exact(p: PenaltyInputs) -> tuple[Tensor, dict]:
+    """``||w_t (sym J_x0 + beta I)||_F^2 / N`` from the full Jacobian (the reference)."""
+    S = _sym_x0_exact(p)
+    D = S.shape[-1]
+    eye = torch.eye(D, dtype=S.dtype, device=S.device)
+    per = (p.w.view(-1, 1, 1) * (S + p.cfg.margin * eye)).pow(2).flatten(1).sum(1) / _norm_dim(D, p.cfg.normalization)
+    ev = torch.linalg.eigvalsh(S.detach())
+    return per, {"lambda_min": ev[:, 0], "lambda_max": ev[:, -1]}
+
+
+def hinge_lanczos(p: PenaltyInputs) -> tuple[Tensor, dict]:
+    """Hinge on Lanczos extreme eigenvalues of sym J_x0 (gradient through the Ritz vectors' Rayleigh
+    quotients; lambda_min carries a gradient only when the condition has a lower bound)."""
+    mv = _SymMatvec(p.f, p.x, p.a, p.c)
+    _, _, umin, umax = lanczos_extreme_eigs(mv, p.x, p.cfg.lanczos_iters, generator=p.generator)
+    lmax = _rayleigh(mv, umax)
+    lmin = _rayleigh(mv, umin) if p.lower is not None else _rayleigh(mv, umin).detach()
+    return _hinge(p, lmin, lmax), {"lambda_min": lmin.detach(), "lambda_max": lmax.detach()}
+
+
+def hinge_exact(p: PenaltyInputs) -> tuple[Tensor, dict]:
+    """Hinge on the exact extreme eigenvalues of sym J_x0."""
+    ev = torch.linalg.eigvalsh(_sym_x0_exact(p))
+    lmin, lmax = ev[:, 0], ev[:, -1]
+    return _hinge(p, lmin, lmax), {"lambda_min": lmin.detach(), "lambda_max": lmax.detach()}
+
+
+ESTIMATOR_REGISTRY: dict[tuple[str, str], Estimator] = {
+    ("frobenius", "fd_probe"): Estimator(frobenius_fd_probe, fused=True),
+    ("frobenius", "hutchinson"): Estimator(frobenius_hutchinson),
+    ("frobenius", "exact"): Estimator(frobenius_exact, max_dim=EXACT_MAX_DIM),
+    ("hinge", "lanczos"): Estimator(hinge_lanczos),
+    ("hinge", "exact"): Estimator(hinge_exact, max_dim=EXACT_MAX_DIM),
+}
+
+
+def estimator_names(loss: str) -> tuple[str, ...]:
+    """Registered estimators of a loss, in registration order (the first is the loss's default)."""
+    return tuple(e for (lo, e) in ESTIMATOR_REGISTRY if lo == loss)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point 2: penalty from the outputs
+# --------------------------------------------------------------------------------------------------
+
+
+def penalty_from_outputs(
+    rows: PenaltyRows,
     x_t: Tensor,
     alpha: Tensor | float,
     sigma: Tensor | float,
     prediction_type: str,
-    cfg: ContractionConfig | None = None,
-    t_frac: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    cfg: ContractionConfig,
     y: Tensor | None = None,
-    probes: Tensor | None = None,
+    y_rows: Tensor | None = None,
+    fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    timesteps: Tensor | None = None,
+    grid: StepGrid | None = None,
+    generator: torch.Generator | None = None,
     eig_diagnostics: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Contraction penalty (unweighted by gamma) and diagnostics for a batch of noisy actions.
+    """Entry point 2: the penalty (unweighted by gamma) and diagnostics for the rows of :func:`penalty_rows`.
 
     Args:
-        fn: the denoiser as a function of the noisy action, called as ``fn(x_rows, idx)``: ``x_rows`` are
-            noisy actions for the batch rows ``idx`` (a LongTensor), so the callable can pick the matching
-            conditioning and timesteps, e.g. ``lambda x, i: unet(x, t[i], global_cond=cond[i])``.
-        x_t: noisy actions (B, ...), e.g. (B, horizon, action_dim).
-        alpha, sigma: per-sample schedule values alpha_t, sigma_t (B,) or scalars.
-        prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
-        cfg: :class:`ContractionConfig` (default: frobenius / fd_probe).
-        t_frac: per-sample ``t / T`` for the noise window.
-        y: optional precomputed ``fn`` output on the full batch (saves the base forward for fd_probe).
-        probes: optional pinned probe vectors for ``fd_probe`` / ``hutchinson``, shape (B, ...) or
-            (K, B, ...) over the full batch (rows are selected like the samples).
-        eig_diagnostics: also estimate lambda_min / lambda_max of ``sym J_x0`` by Lanczos for estimators
-            that do not produce them (fd_probe, hutchinson); costs ``lanczos_iters`` extra matvecs.
+        rows: from :func:`penalty_rows` on the same ``x_t``.
+        x_t: noisy actions of the whole batch (B, ...), action channels only.
+        alpha, sigma: per-sample alpha_t, sigma_t (B,) or scalars.
+        y: network output on the whole batch (B, ...), action channels (fused estimators; optional).
+        y_rows: network output on ``rows.x`` (fused estimators, when the rows rode in the forward pass).
+        fn: the denoiser ``fn(x_rows, idx)`` on rows ``idx`` of the batch (its conditioning / timesteps);
+            needed by double-backward estimators and by fused ones when ``y_rows`` is not given.
+        timesteps, grid: per-sample training timesteps and the deployed sampler's :class:`StepGrid`; with
+            ``threshold="sampler"`` they give the per-step eigenvalue bounds (else ``alpha_t`` is the bound).
+        eig_diagnostics: also estimate lambda_min / lambda_max of sym J_x0 by Lanczos where the estimator
+            does not produce them (costs ``lanczos_iters`` matvecs through ``fn``).
 
     Returns:
-        ``(loss, diagnostics)``: scalar penalty (mean over the selected samples; 0 with no selected
-        sample) and floats: ``lambda_max``/``lambda_min`` (mean estimates of ``sym J_x0`` where the
-        estimator gives them), ``violation_frac`` (share of samples with lambda_max >= alpha_t),
-        ``probe_rayleigh`` (fd_probe: mean ``v^T J_x0 v / |v|^2``), ``penalty_samples``.
+        ``(loss, diagnostics)``: scalar mean penalty over the selected rows (0 with none) and floats:
+        ``penalty_samples``, ``penalty``, ``lambda_max``/``lambda_min`` (means, where estimated),
+        ``violation_frac`` (share outside the contraction condition), ``probe_rayleigh`` (fd_probe).
     Raises:
-        ValueError on unknown prediction type / estimator, non-finite inputs, alpha_t <= 0, or a
-        non-finite penalty (never silently added to a loss).
+        ValueError on bad input; FloatingPointError on a non-finite penalty (never added to a loss).
     """
-    cfg = cfg or ContractionConfig()
     _check_prediction_type(prediction_type)
     B = x_t.shape[0]
     alpha = _per_sample(alpha, B, x_t, "alpha_t")
@@ -545,64 +870,48 @@ def contraction_penalty(
     zero = x_t.new_zeros(())
     if not cfg.active:
         return zero, {}
-    idx = penalty_sample_mask(B, cfg, t_frac, generator, x_t.device)
+    idx = rows.idx
     diag: dict[str, float] = {"penalty_samples": float(idx.numel())}
     if idx.numel() == 0:
         return zero, diag
+    est = ESTIMATOR_REGISTRY[(cfg.loss, cfg.estimator)]
     xs, a_s, s_s = x_t[idx], alpha[idx], sigma[idx]
-    f = lambda x: fn(x, idx)  # noqa: E731
-
-    if cfg.loss == "frobenius" and cfg.estimator == "fd_probe":
-        if probes is not None:
-            v = probes.reshape(-1, *x_t.shape)[0][idx].to(xs.dtype)
-            x_pert = xs + cfg.fd_step * v
+    D = xs[0].numel()
+    if est.max_dim is not None and D > est.max_dim:
+        raise ValueError(f"estimator {cfg.estimator!r} refused for D={D} > {est.max_dim}: use a matrix-free one")
+    f = None if fn is None else (lambda x: fn(x, idx))  # noqa: E731
+    if est.fused:
+        if y_rows is None:  # the rows did not ride in a forward pass: run them now
+            if f is None:
+                raise ValueError(f"estimator {cfg.estimator!r}: pass y_rows (outputs on rows.x) or fn")
+            y_rows = f(rows.x)
+            y_sel = y[idx] if y is not None else f(xs)
         else:
-            x_pert, v = fd_probe_rows(xs, cfg.fd_step, cfg.probe, generator)
-        y_base = y[idx] if y is not None else f(xs)
-        y_pert = f(x_pert)
-        per = fd_probe_penalty(y_base, y_pert, v, cfg.fd_step, a_s, s_s, prediction_type, cfg.margin, cfg.residual_weight)
-        diag["probe_rayleigh"] = fd_probe_rayleigh(y_base, y_pert, v, cfg.fd_step, a_s, s_s, prediction_type).mean().item()
-    elif cfg.loss == "frobenius":
-        D = xs[0].numel()
-        w = residual_scale(a_s, prediction_type, cfg.residual_weight)
-        if cfg.estimator == "exact":
-            J = exact_jacobian(f, xs).to(xs.dtype)
-            a, c = x0_jacobian_coeffs(a_s, s_s, prediction_type)
-            eye = torch.eye(D, dtype=J.dtype, device=J.device)
-            S = a.view(-1, 1, 1) * eye + c.view(-1, 1, 1) * 0.5 * (J + J.transpose(1, 2))
-            per = (w.view(-1, 1, 1) * (S + cfg.margin * eye)).pow(2).flatten(1).sum(1) / (D * D)
-            ev = torch.linalg.eigvalsh(S.detach())
-            diag["lambda_min"], diag["lambda_max"] = ev[:, 0].mean().item(), ev[:, -1].mean().item()
-            diag["violation_frac"] = (ev[:, -1] >= a_s).float().mean().item()
-        else:
-            mv = x0_sym_jacobian_matvec(f, xs, a_s, s_s, prediction_type)
-            pv = None if probes is None else probes.reshape(-1, *x_t.shape)[:, idx]
-            per = w.pow(2) * hutchinson_frobenius(mv, xs, cfg.margin, cfg.num_probes, cfg.probe, generator, probes=pv) / (D * D)
-    else:  # hinge on lambda_max(sym J_x0)
-        thr = _hinge_threshold(a_s, cfg)
-        w = residual_scale(a_s, prediction_type, cfg.residual_weight)
-        if cfg.estimator == "exact":
-            J = exact_jacobian(f, xs)
-            D = xs[0].numel()
-            a, c = x0_jacobian_coeffs(a_s, s_s, prediction_type)
-            eye = torch.eye(D, dtype=J.dtype, device=J.device)
-            S = a.view(-1, 1, 1) * eye + c.view(-1, 1, 1) * 0.5 * (J + J.transpose(1, 2))
-            ev = torch.linalg.eigvalsh(S)
-            lmin, lmax = ev[:, 0], ev[:, -1]
-        else:
-            mv = x0_sym_jacobian_matvec(f, xs, a_s, s_s, prediction_type)
-            _, _, umin, umax = lanczos_extreme_eigs(mv, xs, cfg.lanczos_iters, generator=generator)
-            lmax = _rayleigh(mv, umax)
-            lmin = _rayleigh(mv, umin).detach()
-        per = torch.relu(w * (lmax - thr)).pow(2)
+            if y is None:
+                raise ValueError(f"estimator {cfg.estimator!r}: y_rows given without y (outputs on x_t)")
+            y_sel = y[idx]
+    elif f is None:
+        raise ValueError(f"estimator {cfg.estimator!r} needs the denoiser callable fn (double backward)")
+    else:
+        y_sel = None
+    a, c = x0_jacobian_coeffs(a_s, s_s, prediction_type)
+    lower, upper = None, a_s
+    if cfg.threshold == "sampler" and grid is not None and timesteps is not None:
+        lower, upper = grid.bounds(timesteps[idx], a_s)
+    p = PenaltyInputs(xs, a_s, s_s, prediction_type, cfg, a, c, residual_scale(a_s, prediction_type, cfg.residual_weight),
+                      lower, upper, f=f, y=y_sel, y_rows=y_rows, rows=rows, generator=generator)
+    per, ediag = est.fn(p)
+    lmin, lmax = ediag.pop("lambda_min", None), ediag.pop("lambda_max", None)
+    diag.update(ediag)
+    if lmax is None and eig_diagnostics and f is not None:
+        lmin, lmax = sym_extreme_eigs(f, xs.detach(), cfg.lanczos_iters, a_s, s_s, prediction_type,
+                                      generator=generator)
+    if lmax is not None:
         diag["lambda_min"], diag["lambda_max"] = lmin.mean().item(), lmax.mean().item()
-        diag["violation_frac"] = (lmax.detach() >= a_s).float().mean().item()
-
-    if eig_diagnostics and "lambda_max" not in diag:
-        lmin, lmax = sym_extreme_eigs(f, xs.detach(), cfg.lanczos_iters,
-                                      a_s, s_s, prediction_type, generator=generator)
-        diag["lambda_min"], diag["lambda_max"] = lmin.mean().item(), lmax.mean().item()
-        diag["violation_frac"] = (lmax >= a_s).float().mean().item()
+        bad = lmax.detach() >= upper
+        if lower is not None:
+            bad |= lmin.detach() <= lower
+        diag["violation_frac"] = bad.float().mean().item()
     loss = per.mean()
     if not torch.isfinite(loss):
         raise FloatingPointError(
@@ -611,3 +920,32 @@ def contraction_penalty(
         )
     diag["penalty"] = loss.item()
     return loss, diag
+
+
+def contraction_penalty(
+    fn: Callable[[Tensor, Tensor], Tensor],
+    x_t: Tensor,
+    alpha: Tensor | float,
+    sigma: Tensor | float,
+    prediction_type: str,
+    cfg: ContractionConfig | None = None,
+    t_frac: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    y: Tensor | None = None,
+    probes: Tensor | None = None,
+    eig_diagnostics: bool = False,
+    timesteps: Tensor | None = None,
+    grid: StepGrid | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Contraction penalty (unweighted by gamma) and diagnostics for a denoiser callable.
+
+    ``fn(x_rows, idx)`` is the denoiser on noisy actions for the batch rows ``idx`` (so it can pick the
+    matching conditioning and timesteps, e.g. ``lambda x, i: unet(x, t[i], global_cond=cond[i])``);
+    ``y`` an optional precomputed output on the full batch. :func:`penalty_rows` then
+    :func:`penalty_from_outputs` (see there for the arguments and the returned diagnostics).
+    """
+    cfg = cfg or ContractionConfig()
+    _check_prediction_type(prediction_type)
+    rows = penalty_rows(x_t, cfg, t_frac, probes=probes, generator=generator, timesteps=timesteps, grid=grid)
+    return penalty_from_outputs(rows, x_t, alpha, sigma, prediction_type, cfg, y=y, fn=fn, timesteps=timesteps,
+                                grid=grid, generator=generator, eig_diagnostics=eig_diagnostics)

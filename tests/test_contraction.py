@@ -183,17 +183,18 @@ def test_penalty_gradients_match_exact_jacobian_penalty(pt):
     S, J, a, c = _explicit_x0_sym(net, x, alpha, sigma, pt)
     eye = torch.eye(D, dtype=DT)
 
-    # exact estimator == official mean-of-entries form
-    cfg = ContractionConfig(estimator="exact")
+    # exact estimator == the official form, per dimension (||.||_F^2 / D; the official mean of entries
+    # is ``normalization="paper_d2"``, checked below)
+    cfg = ContractionConfig(estimator="exact", batch_fraction=1.0)
     loss, _ = contraction_penalty(net, x, alpha, sigma, pt, cfg)
-    ref = ((w.view(-1, 1, 1) * (S + beta * eye)).pow(2).flatten(1).sum(1) / D**2).mean()
+    ref = ((w.view(-1, 1, 1) * (S + beta * eye)).pow(2).flatten(1).sum(1) / D).mean()
     torch.testing.assert_close(loss, ref)
     for g1, g2 in zip(_grads(loss, net), _grads(ref, net)):
         torch.testing.assert_close(g1, g2)
 
     # hutchinson through the double-VJP oracle == the same probes applied to the explicit matrix
     seed = 11
-    cfg = ContractionConfig(estimator="hutchinson", num_probes=3)
+    cfg = ContractionConfig(estimator="hutchinson", num_probes=3, batch_fraction=1.0)
     loss, _ = contraction_penalty(net, x, alpha, sigma, pt, cfg, generator=torch.Generator().manual_seed(seed))
     gp = torch.Generator().manual_seed(seed)  # batch_fraction 1 draws nothing: the probe streams align
     ref = 0
@@ -201,7 +202,7 @@ def test_penalty_gradients_match_exact_jacobian_penalty(pt):
         v = torch.randint(0, 2, (B, D), generator=gp).to(DT) * 2 - 1
         r = torch.einsum("bij,bj->bi", S + beta * eye, v)
         ref = ref + (w.view(-1, 1) * r).pow(2).sum(1)
-    ref = (ref / 3 / D**2).mean()
+    ref = (ref / 3 / D).mean()
     torch.testing.assert_close(loss, ref)
     for g1, g2 in zip(_grads(loss, net), _grads(ref, net)):
         torch.testing.assert_close(g1, g2)
@@ -211,13 +212,13 @@ def test_penalty_gradients_match_exact_jacobian_penalty(pt):
     h = 1e-6
     y = net(x)
     per = fd_probe_penalty(y, net(x + h * v), v, h, alpha, sigma, pt, beta)
-    ref = (w.view(-1, 1) * (torch.einsum("bij,bj->bi", a.view(-1, 1, 1) * eye + c.view(-1, 1, 1) * J, v) + beta * v)).pow(2).sum(1) / D**2
+    ref = (w.view(-1, 1) * (torch.einsum("bij,bj->bi", a.view(-1, 1, 1) * eye + c.view(-1, 1, 1) * J, v) + beta * v)).pow(2).sum(1) / D
     torch.testing.assert_close(per.to(DT), ref, rtol=1e-4, atol=1e-8)
     for g1, g2 in zip(_grads(per.sum(), net), _grads(ref.sum(), net)):
         torch.testing.assert_close(g1.to(DT), g2, rtol=1e-3, atol=1e-6)
 
     # hinge through Lanczos (Hellmann-Feynman) == hinge on the exact top eigenvalue
-    cfg = ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=D, margin=0.5)
+    cfg = ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=D, margin=0.5, batch_fraction=1.0)
     loss, diag = contraction_penalty(net, x, alpha, sigma, pt, cfg, generator=torch.Generator().manual_seed(0))
     lmax = torch.linalg.eigvalsh(S)[:, -1]
     ref = torch.relu(w * (lmax - 0.5 * alpha)).pow(2).mean()
@@ -259,7 +260,7 @@ def test_epsilon_penalty_stays_finite_at_high_noise():
         grads = _grads(loss, net)
         assert all(torch.isfinite(gr).all() for gr in grads)
     # without the alpha weight the raw x0-Jacobian residual explodes as alpha -> 0
-    raw, _ = contraction_penalty(net, x, alpha, sigma, "epsilon", ContractionConfig(estimator="exact", residual_weight="none"))
+    raw, _ = contraction_penalty(net, x, alpha, sigma, "epsilon", ContractionConfig(estimator="exact", residual_weight="none", batch_fraction=1.0))
     assert raw.item() > 1e6
 
 
@@ -359,3 +360,149 @@ def test_diagnostics_report_eigenvalues_and_violations():
         _, diag = contraction_penalty(fn, x, alpha, (1 - alpha**2).sqrt(), "sample", cfg, eig_diagnostics=True)
         assert abs(diag["lambda_max"] - 2.0) < 1e-6 and abs(diag["lambda_min"] + 1.5) < 1e-6, (cfg.estimator, diag)
         assert diag["violation_frac"] == 1.0  # lambda_max = 2 >= alpha_t: the sampler expands here
+
+
+# ---------------------------------------------------------------------------------- registry, normalisation
+
+
+class ScaledIdentity(torch.nn.Module):
+    """x -> c x on any shape: J_x0 = c I for an x0 ("sample") network, a closed form at every D."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.tensor(c, dtype=DT))
+
+    def forward(self, x, idx=None):
+        return self.c * x
+
+
+@pytest.mark.parametrize("estimator", ["fd_probe", "hutchinson", "exact"])
+def test_default_penalty_and_gradient_are_dimension_free(estimator):
+    """J_x0 = c I: the shipped default (per-dimension) penalty is (c + beta)^2 and its gradient 2 (c + beta)
+    at D = 14, 32 and 224 (chunks (7, 2), (16, 2), (16, 14)); the paper's /D^2 mean is D times smaller."""
+    c, beta = 0.3, ContractionConfig().margin
+    vals = []
+    for shape in [(7, 2), (16, 2), (16, 14)]:
+        D = math.prod(shape)
+        if estimator == "exact" and D > 64:
+            continue  # the full Jacobian costs D VJPs; exact agrees with fd_probe/hutchinson at D <= 32
+        net = ScaledIdentity(c)
+        x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(D), dtype=DT)
+        cfg = ContractionConfig(estimator=estimator)
+        loss, _ = contraction_penalty(net, x, 0.7, 0.71, "sample", cfg, generator=torch.Generator().manual_seed(0))
+        (grad,) = torch.autograd.grad(loss, [net.c])
+        vals.append((loss.item(), grad.item()))
+        legacy, _ = contraction_penalty(net, x, 0.7, 0.71, "sample", ContractionConfig(estimator=estimator,
+                                        normalization="paper_d2"), generator=torch.Generator().manual_seed(0))
+        assert legacy.item() == pytest.approx(loss.item() / D, rel=1e-9)  # gamma_per_dim = gamma_paper / D
+    for loss, grad in vals:  # fd_probe: forward difference of a linear map, exact up to rounding / h
+        assert loss == pytest.approx((c + beta) ** 2, rel=1e-6) and grad == pytest.approx(2 * (c + beta), rel=1e-6)
+
+
+def test_adding_an_estimator_is_one_function_and_one_registry_entry(monkeypatch):
+    """A new (loss, estimator) pair works through the config check and both entry points once registered."""
+    from cdp_plugin.contraction import ESTIMATOR_REGISTRY, Estimator, PenaltyInputs
+
+    def frobenius_diagonal(p: PenaltyInputs):  # ||diag(J_x0) + beta||^2 / D from the exact Jacobian
+        J = exact_jacobian(p.f, p.x)
+        d = p.a[:, None] + p.c[:, None] * torch.diagonal(J, dim1=1, dim2=2) + p.cfg.margin
+        return (p.w[:, None] * d).pow(2).mean(1), {"note": 1.0}
+
+    with pytest.raises(ValueError, match="does not fit"):
+        ContractionConfig(estimator="diagonal")
+    monkeypatch.setitem(ESTIMATOR_REGISTRY, ("frobenius", "diagonal"), Estimator(frobenius_diagonal))
+    cfg = ContractionConfig(estimator="diagonal", batch_fraction=1.0)
+    assert not cfg.fused
+    loss, diag = contraction_penalty(ScaledIdentity(0.5), torch.ones(3, 4, dtype=DT), 0.7, 0.71, "sample", cfg)
+    assert loss.item() == pytest.approx(0.36) and diag["note"] == 1.0 and diag["penalty_samples"] == 3
+
+
+def test_entry_points_match_the_callable_path_and_guard_the_fd_step_under_amp():
+    """penalty_rows + penalty_from_outputs with the rows riding in one forward pass == contraction_penalty;
+    under autocast the probe step is raised to AMP_MIN_FD_STEP once, in the core."""
+    from cdp_plugin.contraction import AMP_MIN_FD_STEP, penalty_from_outputs, penalty_rows
+
+    g = torch.Generator().manual_seed(13)
+    net = LinearDenoiser(6, g)
+    x = torch.randn(8, 6, generator=g, dtype=DT)
+    alpha = torch.rand(8, generator=g, dtype=DT) * 0.9 + 0.05
+    sigma = (1 - alpha**2).sqrt()
+    cfg = ContractionConfig(batch_fraction=0.5)
+    ref, rdiag = contraction_penalty(net, x, alpha, sigma, "epsilon", cfg, generator=torch.Generator().manual_seed(1))
+    rows = penalty_rows(x, cfg, generator=torch.Generator().manual_seed(1))
+    assert rows.extra == 4 and rows.fd_step == cfg.fd_step
+    out = net(torch.cat([x, rows.x]))
+    got, diag = penalty_from_outputs(rows, x, alpha, sigma, "epsilon", cfg, y=out[:8], y_rows=out[8:])
+    torch.testing.assert_close(got, ref)
+    assert diag == rdiag
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert penalty_rows(x.float(), cfg).fd_step == AMP_MIN_FD_STEP
+
+
+def test_readme_field_table_is_the_config():
+    """README's contraction_* rows are ContractionConfig's fields, defaults and docs (one source)."""
+    import pathlib
+
+    from cdp_plugin.contraction import field_docs
+
+    def fmt(v):
+        return "[" + ", ".join(str(x) for x in v) + "]" if isinstance(v, tuple) else str(v)
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, (default, doc) in field_docs().items():
+        row = f"| `contraction_{name}` | `{fmt(default)}` | {doc} |"
+        assert row in readme, f"README field table: regenerate the row of contraction_{name}:\n{row}"
+
+
+# ---------------------------------------------------------------------------------- the deployed sampler's steps
+
+
+def _ddim_like_grid(k=10, T=100):
+    """Grid timesteps 90, 80, ..., 0 (sampling order) with per-step bounds (-(2 + i), 1 + i / 10)."""
+    from cdp_plugin.contraction import StepGrid
+    from cdp_plugin.samplers import StepBound
+
+    bounds = [StepBound(T - (i + 1) * T // k, T - (i + 2) * T // k, -(2.0 + i), 1.0 + i / 10) for i in range(k)]
+    return StepGrid.from_bounds(bounds, T), bounds
+
+
+def test_step_window_selects_the_last_sampler_steps():
+    """step_window (0, 0.2) of a 10-step grid = its last two steps (timesteps 10 and 0): the training
+    timesteps nearest to them, 0..14 (15 is as near to 20 as to 10: ties go to the earlier, noisier step)."""
+    grid, _ = _ddim_like_grid()
+    t = torch.arange(100)
+    pos = grid.position(t)
+    assert pos[0] == 0 and pos[10] == pytest.approx(0.1) and pos[90] == pytest.approx(0.9)
+    idx = penalty_sample_mask(100, ContractionConfig(step_window=(0.0, 0.2), batch_fraction=1.0), step_pos=pos)
+    assert sorted(idx.tolist()) == list(range(0, 15))
+    # and through the callable path
+    x = torch.zeros(100, 3, dtype=DT)
+    _, diag = contraction_penalty(ScaledIdentity(0.2), x, 0.5, 0.8, "sample",
+                                  ContractionConfig(step_window=(0.0, 0.2), batch_fraction=1.0), timesteps=t, grid=grid)
+    assert diag["penalty_samples"] == 15
+
+
+def test_hinge_uses_both_per_step_bounds():
+    """threshold='sampler': relu(lambda_max - (1-beta) upper)^2 + relu((1-beta) lower - lambda_min)^2 with the
+    grid step's bounds; a strongly negative eigenvalue is penalised too (it overshoots)."""
+    grid, bounds = _ddim_like_grid()
+    g = torch.Generator().manual_seed(14)
+    D = 5
+    A, spec = spectrum_matrices(3, D, g, outliers=(3.0, -6.0), skew=0.0)  # sym J_x0 = A (sample network)
+    fn = lambda z, i: linear_fn(A[i], (D,))(z)  # noqa: E731
+    x = torch.randn(3, D, generator=g, dtype=DT)
+    t = torch.tensor([90, 50, 0])
+    beta = 0.1
+    cfg = ContractionConfig(loss="hinge", estimator="exact", margin=beta, batch_fraction=1.0)
+    loss, diag = contraction_penalty(fn, x, 0.5, 0.8, "sample", cfg, timesteps=t, grid=grid)
+    lo = torch.tensor([bounds[0].lower, bounds[4].lower, bounds[9].lower], dtype=DT)
+    hi = torch.tensor([bounds[0].upper, bounds[4].upper, bounds[9].upper], dtype=DT)
+    lmin, lmax = spec[:, 0], spec[:, -1]
+    want = (torch.relu(lmax - (1 - beta) * hi).pow(2) + torch.relu((1 - beta) * lo - lmin).pow(2)).mean()
+    torch.testing.assert_close(loss, want)
+    assert torch.relu((1 - beta) * lo - lmin).sum() > 0  # the lower end is active here
+    assert diag["violation_frac"] == 1.0
+    # threshold='alpha' (legacy): only lambda_max against alpha_t
+    legacy, _ = contraction_penalty(fn, x, 0.5, 0.8, "sample", ContractionConfig(
+        loss="hinge", estimator="exact", margin=beta, batch_fraction=1.0, threshold="alpha"), timesteps=t, grid=grid)
+    torch.testing.assert_close(legacy, torch.relu(lmax - (1 - beta) * 0.5).pow(2).mean())

@@ -212,7 +212,9 @@ def _batch(seed=3):
 
 
 def _pair(pred="epsilon", **kw):
-    """(stock, contractive) policies sharing the same UNet weights."""
+    """(stock, contractive) policies sharing the same UNet weights (penalty on the whole batch unless given:
+    the shipped default batch fraction 0.25 would leave 2 of the 6 rows)."""
+    kw.setdefault("contraction_batch_fraction", 1.0)
     base = DPConventionPolicy(_unet(), _scheduler(pred), DA, DO, TO)
     cdp = _contractive_cls()(_unet(), _scheduler(pred), DA, DO, TO, **kw)
     cdp.load_state_dict(base.state_dict(), strict=True)
@@ -304,23 +306,25 @@ class LinearDenoiser(nn.Module):
 @pytest.mark.parametrize("pred", ["epsilon", "sample"])
 @pytest.mark.parametrize("inpaint", [False, True])
 def test_penalty_is_formed_on_x0_jacobian_of_the_action_block(pred, inpaint):
-    """fd_probe through the adapter equals ``w_t^2 (a + c k + beta)^2 / D`` with ``J_x0 = a I + c J_f``:
-    epsilon ``(1 - sigma k + alpha beta)^2 / D`` (residual weight alpha), sample ``(k + beta)^2 / D``;
-    D counts the action channels only, also when the trajectory is ``cat([action, obs])``."""
+    """fd_probe through the adapter equals ``w_t^2 (a + c k + beta)^2 / N`` with ``J_x0 = a I + c J_f``:
+    epsilon ``(1 - sigma k + alpha beta)^2 / N`` (residual weight alpha), sample ``(k + beta)^2 / N``, where
+    N = 1 (per-dimension default) or D (``paper_d2``), and D counts the action channels only, also when the
+    trajectory is ``cat([action, obs])``."""
     from cdp_plugin.samplers import alpha_sigma
 
     k, beta = 0.3, 0.1
     model = LinearDenoiser(k)
-    pol = _contractive_cls()(model, _scheduler(pred), DA, DO, TO, inpaint=inpaint, contraction_margin=beta)
-    pol.compute_loss(_batch())
-    t = model.seen_t[:B]
-    alpha, sigma = alpha_sigma(pol.noise_scheduler, t)
-    D = T_H * DA
-    if pred == "epsilon":
-        expect = ((1 - sigma * k + alpha * beta) ** 2 / D).mean()
-    else:
-        expect = torch.full_like(alpha, (k + beta) ** 2 / D).mean()
-    assert pol.last_contraction["penalty"] == pytest.approx(expect.item(), rel=2e-3)
+    for norm, N in (("per_dim", 1), ("paper_d2", T_H * DA)):
+        pol = _contractive_cls()(model, _scheduler(pred), DA, DO, TO, inpaint=inpaint, contraction_margin=beta,
+                                 contraction_batch_fraction=1.0, contraction_normalization=norm)
+        pol.compute_loss(_batch())
+        t = model.seen_t[:B]
+        alpha, sigma = alpha_sigma(pol.noise_scheduler, t)
+        if pred == "epsilon":
+            expect = ((1 - sigma * k + alpha * beta) ** 2 / N).mean()
+        else:
+            expect = torch.full_like(alpha, (k + beta) ** 2 / N).mean()
+        assert pol.last_contraction["penalty"] == pytest.approx(expect.item(), rel=2e-3), norm
     # the probe's Rayleigh quotient is the x0-Jacobian eigenvalue: (1 - sigma k)/alpha resp. k
     ray = ((1 - sigma * k) / alpha).mean().item() if pred == "epsilon" else k
     assert pol.last_contraction["probe_rayleigh"] == pytest.approx(ray, rel=2e-3)
@@ -344,7 +348,8 @@ def test_sign_penalty_vanishes_at_the_contractive_target():
 
     pens = []
     for scale in (1.0, 0.5):
-        pol = _contractive_cls()(TargetEps(scale), sched, DA, DO, TO, contraction_margin=0.1)
+        pol = _contractive_cls()(TargetEps(scale), sched, DA, DO, TO, contraction_margin=0.1,
+                                 contraction_batch_fraction=1.0)
         pol.compute_loss(_batch())
         pens.append(pol.last_contraction["penalty"])
     assert pens[0] < 1e-6 < pens[1]

@@ -335,3 +335,92 @@ def test_lerobot_train_under_accelerate_two_processes(pusht_like_dataset, tmp_pa
     rows = parse_log(text)
     assert rows and "contraction_loss" in rows[-1]
     assert (out / "checkpoints" / "000006" / "pretrained_model" / "model.safetensors").is_file()
+
+
+# LeRobot code that modeling_cdp copies (DiffusionPolicy.__init__), mirrors (DiffusionModel.compute_loss: the
+# denoising target and padding mask) or relies on (forward calls self.diffusion.compute_loss; conditional_sample
+# reads self.noise_scheduler). sha256 of inspect.getsource, LeRobot 0.6.1.
+PINNED_LEROBOT = {
+    "DiffusionPolicy.__init__": "de6c1a8046936f3e",
+    "DiffusionPolicy.forward": "e77625caab4f0522",
+    "DiffusionModel.conditional_sample": "ee14296449aef9d8",
+    "DiffusionModel.compute_loss": "946e185bb8fbb822",
+}
+
+
+def test_lerobot_originals_are_pinned():
+    import hashlib
+    import inspect
+
+    from lerobot.policies.diffusion import modeling_diffusion as md
+
+    changed = []
+    for name, want in PINNED_LEROBOT.items():
+        cls, meth = name.split(".")
+        got = hashlib.sha256(inspect.getsource(getattr(getattr(md, cls), meth)).encode()).hexdigest()[:16]
+        if got != want:
+            changed.append(f"{name} ({want} -> {got})")
+    assert not changed, (
+        "LeRobot changed code that cdp_plugin/policy/modeling_cdp.py copies or relies on: " + ", ".join(changed)
+        + ". Re-read the new originals, update ContractiveDiffusionPolicy / ContractiveDiffusionModel to match, "
+        "then update PINNED_LEROBOT."
+    )
+    # the copy builds the same modules as the original (same state_dict keys): see the warm-start test
+
+
+def test_policy_config_annotation_is_a_real_class():
+    import inspect
+
+    from cdp_plugin.policy import ContractiveDiffusionConfig, ContractiveDiffusionPolicy
+
+    assert inspect.signature(ContractiveDiffusionPolicy.__init__).parameters["config"].annotation is ContractiveDiffusionConfig
+
+
+def test_contraction_fields_come_from_the_core_config():
+    """One field per ContractionConfig field, same default (the fields added later resolve to the core's
+    default for a new config), and the CLI spelling --policy.contraction_<name> parses."""
+    import dataclasses
+
+    import draccus
+
+    from cdp_plugin.contraction import ContractionConfig
+    from cdp_plugin.policy import ContractiveDiffusionConfig
+
+    cfg = ContractiveDiffusionConfig()
+    core = ContractionConfig()
+    for f in dataclasses.fields(ContractionConfig):
+        assert getattr(cfg, f"contraction_{f.name}") == getattr(core, f.name), f.name
+    assert cfg.contraction_config() == core
+    parsed = draccus.parse(ContractiveDiffusionConfig, args=[
+        "--contraction_weight=0.3", "--contraction_noise_window=[0,0.1]", "--contraction_normalization=paper_d2"])
+    assert (parsed.contraction_weight, parsed.contraction_noise_window, parsed.contraction_normalization) == (
+        0.3, (0.0, 0.1), "paper_d2")
+
+
+def test_config_saved_before_normalization_loads_with_legacy_meaning(tmp_path):
+    import warnings
+
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from cdp_plugin.policy import ContractiveDiffusionConfig
+
+    cfg = ContractiveDiffusionConfig(
+        input_features={"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(2,))},
+        output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(2,))}, contraction_weight=0.3)
+    assert cfg.contraction_normalization == "per_dim"  # a new config from Python: the new meaning
+    cfg._save_pretrained(tmp_path)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        again = PreTrainedConfig.from_pretrained(tmp_path)
+    assert again == cfg and not [w for w in rec if "saved without" in str(w.message)]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("contraction_normalization", "contraction_threshold", "contraction_step_window"):
+        saved.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        old = PreTrainedConfig.from_pretrained(tmp_path)
+    said = [str(w.message) for w in rec if "saved without" in str(w.message)]
+    assert len(said) == 1 and "contraction_normalization='paper_d2'" in said[0], said
+    assert old.contraction_config().normalization == "paper_d2" and old.contraction_weight == 0.3

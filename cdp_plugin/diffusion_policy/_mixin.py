@@ -12,14 +12,15 @@ How the penalty is wired (``compute_loss``):
 * Default estimator ``fd_probe`` (deterministic network): the pre-hook appends ``x_t[idx] + h v`` rows to
   the batch of the denoising forward pass, with the matching timesteps and conditioning (``global_cond``,
   ``local_cond``, transformer ``cond``; image-policy features keep the obs-encoder graph). The network
-  runs **once**, the post-hook splits the output and hands the parent only its own rows. The penalty
-  ``w_t^2 ||(J_x0 + beta I) v||^2 / D^2`` is then formed by
-  :func:`cdp_plugin.contraction.fd_probe_penalty` on the *implied x0 Jacobian* for the scheduler's
-  ``prediction_type`` (``epsilon`` or ``sample``), with ``alpha_t, sigma_t`` of the training scheduler.
-* Networks with active dropout (the transformer policies) and the other estimators (``hutchinson``,
-  ``exact``, ``lanczos`` hinge) use :func:`cdp_plugin.contraction.contraction_penalty` on the captured
-  inputs instead, with dropout disabled for the penalty's own forward passes (a finite difference across
-  two different dropout masks would be meaningless).
+  runs **once**, the post-hook splits the output and hands the parent only its own rows. The rows and the
+  penalty come from the core's two entry points, :func:`cdp_plugin.contraction.penalty_rows` and
+  :func:`cdp_plugin.contraction.penalty_from_outputs` (the same calls as the LeRobot policy), on the
+  *implied x0 Jacobian* for the scheduler's ``prediction_type`` (``epsilon`` or ``sample``), with
+  ``alpha_t, sigma_t`` of the training scheduler.
+* Networks with active dropout (the transformer policies) and the double-backward estimators
+  (``hutchinson``, ``exact``, ``lanczos`` hinge) give ``penalty_from_outputs`` a denoiser callable on the
+  captured inputs instead, with dropout disabled for the penalty's own forward passes (a finite difference
+  across two different dropout masks would be meaningless).
 * Only the **action** channels are perturbed and penalised. In upstream's inpainting mode the trajectory
   is ``cat([action, obs], -1)`` (B, T, Da + Do); the probe is zero on the obs channels and the residual is
   read on the action channels, i.e. the penalty acts on the action-action block of the Jacobian.
@@ -31,40 +32,22 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
+from dataclasses import fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cdp_plugin.contraction import (
-    ContractionConfig,
-    contraction_penalty,
-    fd_probe_penalty,
-    fd_probe_rows,
-    penalty_sample_mask,
-    x0_jacobian_coeffs,
-)
+from cdp_plugin.contraction import ContractionConfig, PenaltyRows, StepGrid, penalty_from_outputs, penalty_rows
+from cdp_plugin.samplers import SAMPLERS
 
-SAMPLER_CHOICES = (None, "ddpm", "ddim", "dpmsolver++")
+# sampler=None deploys upstream's own noise_scheduler: the SAMPLERS name of the same update
+_UPSTREAM_SAMPLER = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"}
+SAMPLER_CHOICES = (None, *SAMPLERS)  # None: upstream's own noise_scheduler
 UPSTREAM_PREDICTION_TYPES = ("epsilon", "sample")
 
-# constructor keyword -> ContractionConfig field
-CONTRACTION_KWARGS: dict[str, str] = {
-    "contraction_weight": "weight",
-    "contraction_margin": "margin",
-    "contraction_loss": "loss",
-    "contraction_estimator": "estimator",
-    "contraction_margin_mode": "margin_mode",
-    "contraction_num_probes": "num_probes",
-    "contraction_probe": "probe",
-    "contraction_fd_step": "fd_step",
-    "contraction_lanczos_iters": "lanczos_iters",
-    "contraction_batch_fraction": "batch_fraction",
-    "contraction_every": "every",
-    "contraction_noise_window": "noise_window",
-    "contraction_residual_weight": "residual_weight",
-}
-_DEFAULTS = ContractionConfig()
+# constructor keyword -> ContractionConfig field: every field, prefixed (ContractionConfig is the source)
+CONTRACTION_KWARGS: dict[str, str] = {f"contraction_{f.name}": f.name for f in fields(ContractionConfig)}
 
 
 def _plain(v: Any) -> Any:
@@ -117,8 +100,8 @@ class _Capture:
         self.args: tuple = ()
         self.kwargs: dict = {}
         self.B = 0
-        self.idx: Tensor | None = None
-        self.v: Tensor | None = None
+        self.rows: PenaltyRows | None = None
+        self.grid: StepGrid | None = None
         self.y: Tensor | None = None
         self.y_pert: Tensor | None = None
         self.t: Tensor | None = None
@@ -148,20 +131,17 @@ class _Capture:
         t = t.to(x.device).long()
         self.t = t.expand(B) if t.dim() == 0 else t
         self.args, self.kwargs = args, kwargs
-        if not self.fused:
-            return None
         o = self.owner
-        cfg = o.contraction
         T = int(o.noise_scheduler.config.num_train_timesteps)
-        self.idx = idx = penalty_sample_mask(B, cfg, self.t.float() / T, device=x.device)
-        if idx.numel() == 0:
-            return None
         sl = o._cdp_action_slice(x)
-        xa = x[idx][..., sl]
-        xa_pert, v = fd_probe_rows(xa, cfg.fd_step, cfg.probe)
+        self.grid = grid = o._cdp_step_grid()
+        self.rows = rows = penalty_rows(x[..., sl].detach(), o.contraction, self.t.float() / T, timesteps=self.t,
+                                        grid=grid)
+        if not self.fused or not rows.extra:
+            return None
+        idx = rows.idx
         x_pert = x[idx].clone()
-        x_pert[..., sl] = xa_pert
-        self.v = v
+        x_pert[..., sl] = rows.x
         new_args = [torch.cat([x, x_pert], 0)]
         for a in args[1:]:
             new_args.append(self._cat(a, self._rows(a, idx)))
@@ -169,7 +149,7 @@ class _Capture:
         return tuple(new_args), new_kwargs
 
     def post(self, module, args, kwargs, out):
-        if self.calls > 1 or not self.fused or self.idx is None or self.idx.numel() == 0:
+        if self.calls > 1 or not self.fused or self.rows is None or not self.rows.extra:
             return None
         B = self.B
         self.y, self.y_pert = out[:B], out[B:]
@@ -203,17 +183,11 @@ class ContractiveMixin:
     attributes: the state_dict, the optimiser's parameter list and EMA are those of the upstream class.
 
     Keyword Args:
-        contraction_weight: gamma (paper: 0.1). ``0`` disables the penalty (loss identical to upstream).
-        contraction_margin: beta, Frobenius target ``-beta I`` on the implied x0 Jacobian (0.1).
-        contraction_loss: ``"frobenius"`` | ``"hinge"`` | ``"none"``.
-        contraction_estimator: ``"fd_probe"`` (default, one fused forward pass) | ``"hutchinson"`` |
-            ``"exact"`` (frobenius) ; ``"lanczos"`` | ``"exact"`` (hinge).
-        contraction_margin_mode, contraction_num_probes, contraction_probe, contraction_fd_step,
-        contraction_lanczos_iters, contraction_batch_fraction, contraction_every,
-        contraction_noise_window, contraction_residual_weight: the other
-            :class:`cdp_plugin.contraction.ContractionConfig` fields.
+        contraction_<name>: every field of :class:`cdp_plugin.contraction.ContractionConfig`, with its
+            default and meaning (the table in the README; ``contraction_weight=0`` gives upstream's loss).
         sampler: ``None`` (default: sample with the configured ``noise_scheduler``, as upstream),
-            ``"ddpm"``, ``"ddim"`` or ``"dpmsolver++"`` (DPM-Solver++(2M)); the ODE samplers are built by
+            ``"ddpm"`` (the training schedule stepped stochastically), ``"ddim"`` or ``"dpmsolver++"``
+            (DPM-Solver++(2M)); every sampler is built by
             :func:`cdp_plugin.samplers.make_scheduler` from the training scheduler's config and used by
             upstream's own ``conditional_sample`` loop with ``num_inference_steps`` steps (read at call
             time, so ``policy.num_inference_steps = 16`` after loading works as upstream).
@@ -222,41 +196,10 @@ class ContractiveMixin:
     ``diffusion_loss``, ``penalty``, ``weight`` and the estimator's diagnostics.
     """
 
-    def __init__(
-        self,
-        *args,
-        contraction_weight: float = _DEFAULTS.weight,
-        contraction_margin: float = _DEFAULTS.margin,
-        contraction_loss: str = _DEFAULTS.loss,
-        contraction_estimator: str = _DEFAULTS.estimator,
-        contraction_margin_mode: str = _DEFAULTS.margin_mode,
-        contraction_num_probes: int = _DEFAULTS.num_probes,
-        contraction_probe: str = _DEFAULTS.probe,
-        contraction_fd_step: float = _DEFAULTS.fd_step,
-        contraction_lanczos_iters: int = _DEFAULTS.lanczos_iters,
-        contraction_batch_fraction: float = _DEFAULTS.batch_fraction,
-        contraction_every: int = _DEFAULTS.every,
-        contraction_noise_window: tuple[float, float] = _DEFAULTS.noise_window,
-        contraction_residual_weight: str = _DEFAULTS.residual_weight,
-        sampler: str | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *args, sampler: str | None = None, **kwargs):
         # validate before the (possibly heavy) upstream constructor runs
-        cfg = ContractionConfig(
-            weight=float(contraction_weight),
-            margin=float(contraction_margin),
-            loss=str(contraction_loss),
-            estimator=str(contraction_estimator),
-            margin_mode=str(contraction_margin_mode),
-            num_probes=int(contraction_num_probes),
-            probe=str(contraction_probe),
-            fd_step=float(contraction_fd_step),
-            lanczos_iters=int(contraction_lanczos_iters),
-            batch_fraction=float(contraction_batch_fraction),
-            every=int(contraction_every),
-            noise_window=tuple(float(v) for v in _plain(contraction_noise_window)),
-            residual_weight=str(contraction_residual_weight),
-        )
+        mine = {CONTRACTION_KWARGS[k]: _plain(kwargs.pop(k)) for k in list(kwargs) if k in CONTRACTION_KWARGS}
+        cfg = ContractionConfig(**mine)
         if sampler not in SAMPLER_CHOICES:
             raise ValueError(f"sampler must be one of {SAMPLER_CHOICES}, got {sampler!r}")
         super().__init__(*args, **kwargs)
@@ -280,9 +223,28 @@ class ContractiveMixin:
         da = int(getattr(self, "action_dim", x.shape[-1]))
         return slice(0, da) if x.shape[-1] > da else slice(0, None)
 
+    def _cdp_step_grid(self) -> StepGrid | None:
+        """The deployment sampler's grid at ``num_inference_steps`` (read now, as upstream's loop does), or
+        ``None`` when the contraction settings need neither a step window nor per-step thresholds."""
+        c = self.contraction
+        if c.step_window == (0.0, 1.0) and c.threshold != "sampler":
+            return None
+        k = getattr(self, "num_inference_steps", None)
+        key = (self.sampler, k, id(self.noise_scheduler))
+        cache = getattr(self, "_cdp_grid_cache", None)
+        if cache is None or cache[0] != key:
+            name = self.sampler or _UPSTREAM_SAMPLER.get(type(self.noise_scheduler).__name__)
+            if name is None:
+                raise ValueError(f"contraction_threshold='sampler' / contraction_step_window: no step formula for "
+                                 f"{type(self.noise_scheduler).__name__}; set sampler= or contraction_threshold=alpha")
+            cache = (key, StepGrid.from_sampler(self.noise_scheduler, name, k))
+            self._cdp_grid_cache = cache
+        return cache[1]
+
     def _cdp_fused(self) -> bool:
-        cfg = self.contraction
-        return cfg.loss == "frobenius" and cfg.estimator == "fd_probe" and not _active_dropout(self.model)
+        """Probe rows ride in the parent's forward pass (not with active dropout: a finite difference
+        across two dropout masks would be meaningless)."""
+        return self.contraction.fused and not _active_dropout(self.model)
 
     def compute_loss(self, batch, *args, **kwargs):
         cfg = self.contraction
@@ -308,45 +270,17 @@ class ContractiveMixin:
         if cap.calls == 0:
             raise RuntimeError("contraction: the upstream compute_loss did not call self.model")
 
+        from cdp_plugin.samplers import alpha_sigma
+
         pred = self.noise_scheduler.config.prediction_type
         x = cap.args[0]
         sl = self._cdp_action_slice(x)
-        diag: dict[str, float] = {}
-        if fused:
-            idx = cap.idx
-            diag["penalty_samples"] = float(idx.numel())
-            if idx.numel() == 0:
-                penalty = diffusion_loss.new_zeros(())
-            else:
-                from cdp_plugin.samplers import alpha_sigma
-
-                alpha, sigma = alpha_sigma(self.noise_scheduler, cap.t[idx])
-                alpha, sigma = alpha.to(x.dtype), sigma.to(x.dtype)
-                yb, yp = cap.y[idx][..., sl], cap.y_pert[..., sl]
-                per = fd_probe_penalty(yb, yp, cap.v, cfg.fd_step, alpha, sigma, pred, cfg.margin,
-                                       cfg.residual_weight)
-                penalty = per.mean()
-                with torch.no_grad():
-                    a, c = x0_jacobian_coeffs(alpha.float(), sigma.float(), pred)
-                    v = cap.v.float().flatten(1)
-                    jv = ((yp.float() - yb.float()) / cfg.fd_step).flatten(1)
-                    vv = v.pow(2).sum(1)
-                    diag["probe_rayleigh"] = ((a * vv + c * (jv * v).sum(1)) / vv).mean().item()
-                if not torch.isfinite(penalty):
-                    raise FloatingPointError(
-                        f"contraction penalty is non-finite ({penalty.item()}); refusing to add it to the loss "
-                        f"(prediction_type={pred}, min alpha_t={alpha.min().item():.3g})"
-                    )
-        else:
-            from cdp_plugin.samplers import alpha_sigma
-
-            T = int(self.noise_scheduler.config.num_train_timesteps)
-            alpha, sigma = alpha_sigma(self.noise_scheduler, cap.t)
-            fn = cap.denoiser(x, sl)
-            penalty, diag = contraction_penalty(
-                fn, x[..., sl].detach(), alpha.to(x.dtype), sigma.to(x.dtype), pred, cfg,
-                t_frac=cap.t.float() / T,
-            )
+        alpha, sigma = alpha_sigma(self.noise_scheduler, cap.t)
+        y, y_rows = (cap.y[..., sl], cap.y_pert[..., sl]) if cap.y is not None else (None, None)
+        penalty, diag = penalty_from_outputs(
+            cap.rows, x[..., sl].detach(), alpha.to(x.dtype), sigma.to(x.dtype), pred, cfg, y=y, y_rows=y_rows,
+            fn=cap.denoiser(x, sl), timesteps=cap.t, grid=cap.grid,
+        )
         loss = diffusion_loss + cfg.weight * penalty
         self.last_contraction = {
             "loss": float(loss.detach()),
@@ -365,25 +299,11 @@ class ContractiveMixin:
         """The scheduler used by ``conditional_sample``: ``noise_scheduler`` or the chosen ODE sampler."""
         if self.sampler is None:
             return self.noise_scheduler
-        from cdp_plugin.samplers import ScheduleConfig, make_scheduler
+        from cdp_plugin.samplers import make_scheduler
 
-        c = self.noise_scheduler.config
         key = (self.sampler, id(self.noise_scheduler))
         if self._cdp_sched_cache is None or self._cdp_sched_cache[0] != key:
-            if getattr(c, "trained_betas", None) is not None:
-                raise ValueError("sampler: noise_scheduler with trained_betas is not supported; use sampler=None")
-            sched = make_scheduler(
-                self.sampler,
-                ScheduleConfig(
-                    num_train_timesteps=int(c.num_train_timesteps),
-                    beta_schedule=str(c.beta_schedule),
-                    beta_start=float(c.beta_start),
-                    beta_end=float(c.beta_end),
-                    prediction_type=str(c.prediction_type),
-                    clip_sample=bool(getattr(c, "clip_sample", True)),
-                    clip_sample_range=float(getattr(c, "clip_sample_range", 1.0)),
-                ),
-            )
+            sched = make_scheduler(self.sampler, self.noise_scheduler)  # from the training scheduler's config
             self._cdp_sched_cache = (key, sched)
         return self._cdp_sched_cache[1]
 
@@ -396,6 +316,21 @@ class ContractiveMixin:
             return super().conditional_sample(*args, **kwargs)
         finally:
             self.noise_scheduler = orig
+
+
+
+def _mixin_signature() -> inspect.Signature:
+    """``ContractiveMixin.__init__``'s signature: one keyword-only ``contraction_<name>`` per
+    :class:`ContractionConfig` field with its default, then ``sampler`` (for ``inspect`` / hydra / docs)."""
+    P = inspect.Parameter
+    params = [P("self", P.POSITIONAL_OR_KEYWORD), P("args", P.VAR_POSITIONAL)]
+    params += [P(k, P.KEYWORD_ONLY, default=f.default) for k, f in
+               zip(CONTRACTION_KWARGS, fields(ContractionConfig))]
+    params += [P("sampler", P.KEYWORD_ONLY, default=None), P("kwargs", P.VAR_KEYWORD)]
+    return inspect.Signature(params)
+
+
+ContractiveMixin.__init__.__signature__ = _mixin_signature()  # type: ignore[attr-defined]
 
 
 class _StepKwargFilter:

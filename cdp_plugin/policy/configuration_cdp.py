@@ -3,18 +3,48 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field, fields
 
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 from lerobot.utils.constants import ACTION, OBS_STATE
 
-from cdp_plugin.contraction import EXACT_MAX_DIM, PREDICTION_TYPES, ContractionConfig
-from cdp_plugin.samplers import SAMPLERS, ScheduleConfig
+from cdp_plugin.contraction import EXACT_MAX_DIM, LEGACY_VALUES, PREDICTION_TYPES, ContractionConfig
+from cdp_plugin.samplers import SAMPLERS
+
+
+def _with_contraction_fields(cls: type) -> type:
+    """Add ``contraction_<name>`` for every :class:`ContractionConfig` field, before ``@dataclass`` runs.
+
+    The fields the core gained later (:data:`LEGACY_VALUES`) get default ``None``: ``__post_init__`` resolves
+    it to the core's default, or to the legacy value when the config was decoded from a saved file that
+    predates the field (see :meth:`ContractiveDiffusionConfig._resolve_unset`).
+    """
+    ann = cls.__dict__["__annotations__"]
+    for f in fields(ContractionConfig):
+        name = f"contraction_{f.name}"
+        legacy = f.name in LEGACY_VALUES
+        ann[name] = f"{f.type} | None" if legacy else f.type
+        setattr(cls, name, field(default=None if legacy else f.default, metadata=f.metadata))
+    return cls
+
+
+def _decoded_from_file() -> bool:
+    """Whether this config is being built by draccus from a dict (a config.json / train_config.json, or CLI
+    args): LeRobot's only way to load a saved config. A Python constructor call is not."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "decode_dataclass" and "draccus" in code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 @PreTrainedConfig.register_subclass("cdp")
 @dataclass
+@_with_contraction_fields
 class ContractiveDiffusionConfig(DiffusionConfig):
     """LeRobot's ``DiffusionConfig`` plus the contraction penalty and a deterministic ODE sampler.
 
@@ -24,42 +54,25 @@ class ContractiveDiffusionConfig(DiffusionConfig):
     * ``prediction_type="sample"`` (x0 prediction, as the official code); ``"epsilon"`` and
       ``"v_prediction"`` are supported too — the penalty is always formed on the implied x0-Jacobian.
     * ``sampler="dpmsolver++"`` with ``num_inference_steps=10`` (deterministic DPM-Solver++(2M));
-      ``"ddim"`` (eta = 0) and ``"ddpm"`` (LeRobot's stochastic loop over ``noise_scheduler_type``) are
-      selectable.
+      ``"ddim"`` (eta = 0) and ``"ddpm"`` (the training schedule stepped stochastically) are selectable;
+      every sampler is built from the training scheduler's config (:func:`cdp_plugin.samplers.make_scheduler`).
     * the cosine (``squaredcos_cap_v2``) schedule LeRobot already uses.
 
-    Contraction fields (``--policy.contraction_*``), see :class:`cdp_plugin.contraction.ContractionConfig`:
-
-    * ``contraction_loss``: ``frobenius`` (default) | ``hinge`` | ``none``.
-    * ``contraction_estimator``: ``fd_probe`` (default: first-order probe riding in the denoising forward
-      pass) | ``hutchinson`` (official symmetric form, double backward) | ``exact`` (D <= 256) for
-      frobenius; ``lanczos`` | ``exact`` for hinge.
-    * ``contraction_weight`` gamma (0.1), ``contraction_margin`` beta (0.1), ``contraction_margin_mode``.
-    * ``contraction_num_probes``, ``contraction_probe``, ``contraction_fd_step``, ``contraction_lanczos_iters``.
-    * cost controls: ``contraction_batch_fraction``, ``contraction_every``, ``contraction_noise_window``.
-    * ``contraction_diag_every``: every N training steps, log Lanczos estimates of lambda_max / lambda_min of
-      sym J_x0 on ``contraction_diag_samples`` samples (0 disables).
+    Contraction fields ``--policy.contraction_<name>``: one per field of
+    :class:`cdp_plugin.contraction.ContractionConfig` (generated from it: same defaults and docs, listed
+    in the README's table; ``contraction_normalization`` and ``contraction_threshold`` default to ``None``
+    = the core's default, or the legacy value for a config saved before they existed). Plus the LeRobot-only
+    ``contraction_diag_every``: every N training steps, log Lanczos estimates of lambda_max / lambda_min of
+    sym J_x0 on ``contraction_diag_samples`` samples (0 disables).
     """
 
     prediction_type: str = "sample"
     num_inference_steps: int | None = 10
     sampler: str = "dpmsolver++"
 
-    contraction_loss: str = "frobenius"
-    contraction_estimator: str = "fd_probe"
-    contraction_weight: float = 0.1
-    contraction_margin: float = 0.1
-    contraction_margin_mode: str = "relative"
-    contraction_num_probes: int = 1
-    contraction_probe: str = "rademacher"
-    contraction_fd_step: float = 1e-3
-    contraction_lanczos_iters: int = 8
-    contraction_batch_fraction: float = 0.25
-    contraction_every: int = 1
-    contraction_noise_window: tuple[float, float] = field(default_factory=lambda: (0.0, 1.0))
-    contraction_residual_weight: str = "auto"
     contraction_diag_every: int = 50
     contraction_diag_samples: int = 4
+    # + contraction_<name> for every ContractionConfig field (added by _with_contraction_fields)
 
     def __post_init__(self):
         try:
@@ -91,9 +104,31 @@ class ContractiveDiffusionConfig(DiffusionConfig):
                 f"`n_action_steps` ({self.n_action_steps}) must be <= horizon - n_obs_steps + 1 "
                 f"({self.horizon - self.n_obs_steps + 1})."
             )
+        self._resolve_unset()
         if self.contraction_diag_every < 0 or self.contraction_diag_samples < 1:
             raise ValueError("`contraction_diag_every` must be >= 0 and `contraction_diag_samples` >= 1.")
         self.contraction_config()  # validates the contraction fields with clear messages
+
+    def _resolve_unset(self) -> None:
+        """Fill the ``None`` contraction fields: a config decoded from a saved file (it carries features)
+        that predates them keeps its meaning (legacy values, said in one warning); any other gets the core's
+        defaults."""
+        unset = [k for k in LEGACY_VALUES if getattr(self, f"contraction_{k}") is None]
+        if not unset:
+            return
+        saved = bool(self.input_features or self.output_features) and _decoded_from_file()
+        defaults = {f.name: f.default for f in fields(ContractionConfig)}
+        for k in unset:
+            setattr(self, f"contraction_{k}", LEGACY_VALUES[k] if saved else defaults[k])
+        if saved:
+            warnings.warn(
+                "cdp config saved without " + ", ".join(f"contraction_{k}" for k in unset) + ": loaded with the "
+                "meaning it was trained with (" + ", ".join(f"contraction_{k}={LEGACY_VALUES[k]!r}" for k in unset)
+                + "); new configs default to " + ", ".join(f"{defaults[k]!r}" for k in unset)
+                + " (README: contraction fields)",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def contraction_config(self) -> ContractionConfig:
         """The framework-agnostic :class:`ContractionConfig` these fields describe (``contraction_<name>``)."""
@@ -103,17 +138,6 @@ class ContractiveDiffusionConfig(DiffusionConfig):
             return ContractionConfig(**kwargs)
         except ValueError as e:
             raise ValueError(f"invalid cdp contraction setting: {e} (set it with --policy.contraction_*)") from None
-
-    def schedule_config(self) -> ScheduleConfig:
-        return ScheduleConfig(
-            num_train_timesteps=self.num_train_timesteps,
-            beta_schedule=self.beta_schedule,
-            beta_start=self.beta_start,
-            beta_end=self.beta_end,
-            prediction_type=self.prediction_type,
-            clip_sample=self.clip_sample,
-            clip_sample_range=self.clip_sample_range,
-        )
 
     def validate_features(self) -> None:
         if ACTION not in self.output_features:

@@ -4,8 +4,6 @@ The checkpoint layout is LeRobot's ``diffusion`` one (``diffusion.unet.*``, ``di
 no parameter or buffer is added, so ``diffusion`` weights load into ``cdp`` and back.
 """
 
-from __future__ import annotations
-
 import os
 from importlib.resources import files
 
@@ -16,21 +14,15 @@ from torch import Tensor
 from lerobot.policies.diffusion.modeling_diffusion import DiffusionModel, DiffusionPolicy
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
-from cdp_plugin.contraction import (
-    contraction_penalty,
-    fd_probe_penalty,
-    fd_probe_rayleigh,
-    fd_probe_rows,
-    penalty_sample_mask,
-    sym_extreme_eigs,
-)
+from cdp_plugin.contraction import StepGrid, penalty_from_outputs, penalty_rows, sym_extreme_eigs
 from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig
+from cdp_plugin.policy.guards import GuardedPolicyMixin, check_finite_loss, install_train_hooks
 from cdp_plugin.samplers import alpha_sigma, make_scheduler
 
 # Optional batch keys that pin the random draws of one training step (tests, DDP equivalence checks).
 NOISE_KEY, TIMESTEPS_KEY, PROBE_KEY = "cdp.noise", "cdp.timesteps", "cdp.probe"
-# Under autocast a forward difference with h = 1e-3 drowns in bf16/fp16 rounding: use at least this step.
-AMP_MIN_FD_STEP = 5e-2
+# Core diagnostics logged as contraction_<key> next to LeRobot's metrics.
+DIAG_KEYS = ("lambda_max", "lambda_min", "violation_frac", "probe_rayleigh")
 
 
 class ContractiveDiffusionModel(DiffusionModel):
@@ -39,11 +31,23 @@ class ContractiveDiffusionModel(DiffusionModel):
     def __init__(self, config: ContractiveDiffusionConfig):
         super().__init__(config)
         self.contraction = config.contraction_config()
-        self.sampling_scheduler = (
-            self.noise_scheduler if config.sampler == "ddpm" else make_scheduler(config.sampler, config.schedule_config())
-        )
+        # built from the training scheduler's own config (one meaning per sampler name: cdp_plugin.samplers)
+        self.sampling_scheduler = make_scheduler(config.sampler, self.noise_scheduler)
         self._train_step = 0
         self._last_diag: dict[str, float] = {}  # latest Lanczos estimates, logged every step
+        self.last_info: dict[str, float] = {}  # floats of the latest compute_loss, for LeRobot's training log
+        self._step_grid: StepGrid | None = None
+
+    def step_grid(self) -> StepGrid | None:
+        """The deployed sampler's steps on the training timestep axis (step window, per-step thresholds), or
+        ``None`` when the contraction settings need neither."""
+        c = self.contraction
+        if c.step_window == (0.0, 1.0) and c.threshold != "sampler":
+            return None
+        if self._step_grid is None:
+            self._step_grid = StepGrid.from_sampler(self.noise_scheduler, self.config.sampler,
+                                                    self.config.num_inference_steps)
+        return self._step_grid
 
     # ----------------------------------------------------------------------------------- sampling
     def conditional_sample(self, batch_size, global_cond=None, generator=None, noise=None) -> Tensor:
@@ -121,53 +125,36 @@ class ContractiveDiffusionModel(DiffusionModel):
         info: dict[str, float] = {}
         penalty = trajectory.new_zeros(())
 
-        if active and ccfg.loss == "frobenius" and ccfg.estimator == "fd_probe":
-            # The perturbed rows ride in the denoising forward pass: one network call, one ordinary backward.
-            idx = penalty_sample_mask(B, ccfg, t_frac, device=trajectory.device)
-            h = ccfg.fd_step
-            if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
-                h = max(h, AMP_MIN_FD_STEP)
-            if PROBE_KEY in batch:
-                v = batch[PROBE_KEY][idx]
-                x_pert = noisy[idx] + h * v
-            else:
-                x_pert, v = fd_probe_rows(noisy[idx], h, ccfg.probe)
-            out = self.unet(
-                torch.cat([noisy, x_pert]),
-                torch.cat([timesteps, timesteps[idx]]),
-                global_cond=torch.cat([global_cond, global_cond[idx]]),
-            )
-            pred, pred_pert = out[:B], out[B:]
-            if idx.numel() > 0:
-                per = fd_probe_penalty(
-                    pred[idx], pred_pert, v, h, alpha[idx], sigma[idx], cfg.prediction_type, ccfg.margin, ccfg.residual_weight
-                )
-                penalty = per.mean()
-                ray = fd_probe_rayleigh(pred[idx], pred_pert, v, h, alpha[idx], sigma[idx], cfg.prediction_type)
-                info["contraction_probe_rayleigh"] = ray.mean().item()
+        # Entry point 1 of the core: penalised rows, and (fd_probe) probe rows riding in this forward pass.
+        grid = self.step_grid() if active else None
+        rows = penalty_rows(noisy, ccfg, t_frac, probes=batch.get(PROBE_KEY), timesteps=timesteps, grid=grid) \
+            if active else None
+        if rows is not None and rows.extra:
+            i = rows.idx
+            out = self.unet(torch.cat([noisy, rows.x]), torch.cat([timesteps, timesteps[i]]),
+                            global_cond=torch.cat([global_cond, global_cond[i]]))
+            pred, y_rows = out[:B], out[B:]
         else:
-            pred = self.unet(noisy, timesteps, global_cond=global_cond)
-            if active:
-                fn = lambda x, i: self.unet(x, timesteps[i], global_cond=global_cond[i])  # noqa: E731
-                penalty, diag = contraction_penalty(
-                    fn, noisy, alpha, sigma, cfg.prediction_type, ccfg, t_frac, probes=batch.get(PROBE_KEY)
-                )
-                info.update({f"contraction_{k}": v for k, v in diag.items() if k in ("lambda_max", "lambda_min", "violation_frac")})
+            pred, y_rows = self.unet(noisy, timesteps, global_cond=global_cond), None
+        if active:  # entry point 2: penalty and diagnostics (double-backward estimators call the UNet)
+            fn = lambda x, i: self.unet(x, timesteps[i], global_cond=global_cond[i])  # noqa: E731
+            penalty, diag = penalty_from_outputs(rows, noisy, alpha, sigma, cfg.prediction_type, ccfg,
+                                                 y=pred, y_rows=y_rows, fn=fn, timesteps=timesteps, grid=grid)
+            info.update({f"contraction_{k}": v for k, v in diag.items() if k in DIAG_KEYS})
 
-        if not torch.isfinite(penalty):
-            raise FloatingPointError(
-                f"cdp: non-finite contraction penalty at step {step} (estimator={ccfg.estimator}); not adding it to the loss"
-            )
         diffusion_loss = self._diffusion_loss(pred, self._target(trajectory, eps, timesteps), batch)
         loss = diffusion_loss + ccfg.weight * penalty
+        if training:  # nothing non-finite reaches the optimiser (cdp_plugin.policy.guards); LeRobot counts from 1
+            terms = {"diffusion_loss": diffusion_loss, "contraction_penalty": penalty, "total": loss}
+            check_finite_loss(step + 1, terms, f"Lower --policy.optimizer_lr (now {cfg.optimizer_lr:g}) or check the data.")
 
-        if return_info:
-            info["diffusion_loss"] = diffusion_loss.item()
-            info["contraction_loss"] = penalty.item()
-            if training and cfg.contraction_diag_every and step % cfg.contraction_diag_every == 0:
-                self._last_diag = self._eig_diagnostics(noisy, timesteps, global_cond, alpha, sigma)
-            for k, v in self._last_diag.items():
-                info.setdefault(k, v)
+        info["diffusion_loss"] = diffusion_loss.item()
+        info["contraction_loss"] = penalty.item()
+        if training and cfg.contraction_diag_every and step % cfg.contraction_diag_every == 0:
+            self._last_diag = self._eig_diagnostics(noisy, timesteps, global_cond, alpha, sigma)
+        for k, v in self._last_diag.items():
+            info.setdefault(k, v)
+        self.last_info = info  # read by ContractiveDiffusionPolicy.forward (LeRobot's forward drops it)
         return (loss, info) if return_info else loss
 
     def _eig_diagnostics(self, noisy, timesteps, global_cond, alpha, sigma) -> dict[str, float]:
@@ -186,20 +173,27 @@ class ContractiveDiffusionModel(DiffusionModel):
             sigma=sigma[:n],
             prediction_type=self.config.prediction_type,
         )
+        grid = self.step_grid()
+        if grid is None:  # threshold="alpha": the continuous-time condition
+            bad = lmax >= alpha[:n]
+        else:  # the exact condition of the deployed grid step nearest to each sample's timestep
+            lower, upper = grid.bounds(t, lmax)
+            bad = (lmax >= upper) | (lmin <= lower)
         return {
             "contraction_lambda_max": lmax.mean().item(),
             "contraction_lambda_min": lmin.mean().item(),
-            "contraction_violation_frac": (lmax >= alpha[:n]).float().mean().item(),
+            "contraction_violation_frac": bad.float().mean().item(),
         }
 
 
-class ContractiveDiffusionPolicy(DiffusionPolicy):
+class ContractiveDiffusionPolicy(GuardedPolicyMixin, DiffusionPolicy):
     """Contractive Diffusion Policy (Abyaneh et al., ICLR 2026) as LeRobot policy type ``cdp``."""
 
     config_class = ContractiveDiffusionConfig
     name = "cdp"
 
     def __init__(self, config: ContractiveDiffusionConfig, **kwargs):
+        # The one copy of LeRobot code (pinned by tests/test_policy_lerobot.py::test_lerobot_originals_are_pinned):
         # DiffusionPolicy.__init__ hard-codes DiffusionModel; build ours in its place (same keys).
         super(DiffusionPolicy, self).__init__(config)
         config.validate_features()
@@ -209,14 +203,26 @@ class ContractiveDiffusionPolicy(DiffusionPolicy):
         self.reset()
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        if self.config.image_features:
+        """LeRobot's own ``forward`` (image stacking, ``compute_loss``) plus the floats for the training log."""
+        loss, _ = super().forward(batch)
+        return loss, dict(self.diffusion.last_info)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        """LeRobot's ``predict_action_chunk``, also for one frame without a time axis and no history.
+
+        LeRobot's async policy server calls this directly with a single observation (state ``(B, D)``,
+        images ``(B, C, H, W)``) and empty queues, which LeRobot 0.6.1's diffusion rejects (LeRobot issue
+        #3861). As ``select_action`` does on its first step, the frame is repeated ``n_obs_steps`` times.
+        """
+        if not any(len(q) for k, q in self._queues.items() if k != ACTION):
+            n = self.config.n_obs_steps
             batch = dict(batch)
-            for key in self.config.image_features:
-                if self.config.n_obs_steps == 1 and batch[key].ndim == 4:
-                    batch[key] = batch[key].unsqueeze(1)
-            batch[OBS_IMAGES] = torch.stack([batch[key] for key in self.config.image_features], dim=-4)
-        loss, info = self.diffusion.compute_loss(batch, return_info=True)
-        return loss, info
+            for key in (OBS_STATE, OBS_ENV_STATE, *self.config.image_features):
+                v = batch.get(key)
+                if v is not None and v.ndim == (4 if key in self.config.image_features else 2):
+                    batch[key] = v.unsqueeze(1).expand(v.shape[0], n, *v.shape[1:])
+        return super().predict_action_chunk(batch, noise=noise)
 
     def generate_model_card(self, dataset_repo_id, model_type, license, tags, cfg=None, dataset_meta=None):
         """LeRobot's model card plus the paper, the sign convention used and the contraction settings."""
@@ -238,7 +244,9 @@ class ContractiveDiffusionPolicy(DiffusionPolicy):
         card = ModelCard.from_template(card_data, template_str=template, **context)
         card.text = card.text + "\n" + model_card_section(self.config)
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
-            card.validate()
+            from cdp_plugin.hub import validate_card
+
+            validate_card(card)  # at HF_ENDPOINT (RepoCard.validate always posts to huggingface.co)
         return card
 
 
@@ -248,8 +256,8 @@ def model_card_section(config: ContractiveDiffusionConfig) -> str:
         f"| `{name}` | `{getattr(config, name)}` |"
         for name in (
             "prediction_type", "sampler", "num_inference_steps", "contraction_loss", "contraction_estimator",
-            "contraction_weight", "contraction_margin", "contraction_batch_fraction", "contraction_every",
-            "contraction_noise_window",
+            "contraction_weight", "contraction_normalization", "contraction_margin", "contraction_batch_fraction",
+            "contraction_every", "contraction_noise_window", "contraction_step_window", "contraction_threshold",
         )
     )
     return f"""
@@ -265,3 +273,6 @@ Contraction holds when lambda_max(sym J_x0) < alpha_t; the penalty is formed on 
 |---|---|
 {rows}
 """
+
+
+install_train_hooks()  # only acts inside lerobot-train (see cdp_plugin.policy.guards)

@@ -78,14 +78,19 @@ def test_observation_features_and_action_move_the_arm(sim, tmp_path):
         assert 0.0 <= obs["gripper.pos"] <= 0.081
         bxy = np.array([obs["block_x.pos"], obs["block_y.pos"]])
         assert np.all(np.isfinite(bxy))
-        # twelve 10 Hz steps of 1 cm along +y and 0.5 cm down: the arm ends where it was commanded
+        # twelve 10 Hz steps of 1 cm along +y and 0.5 cm down, then the last target held (as a policy would):
+        # the arm ends where it was commanded. On a busy machine the simulated arm lags its targets, and a
+        # step may be clamped to max_step_pos (4 cm) -- a warning, never an abort.
         p0 = ee(obs)
-        for i in range(1, 13):
+        for i in range(1, 13 + 10):
             t0 = time.perf_counter()
-            sent = robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.01 * i,
-                                      "ee_z.pos": p0[2] - 0.005 * i, "gripper.pos": 0.0})
-            assert not robot.warnings, robot.warnings
+            k = min(i, 12)
+            sent = robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.01 * k,
+                                      "ee_z.pos": p0[2] - 0.005 * k, "gripper.pos": 0.0})
+            assert all(w.startswith("TCP step") for w in robot.warnings), robot.warnings
             time.sleep(max(0.0, 0.1 - (time.perf_counter() - t0)))
+            if k == 12 and np.linalg.norm(ee(robot.get_observation()) - p0 - [0.0, 0.12, -0.06]) < POS_TOL:
+                break
         np.testing.assert_allclose(ee(settle(robot)), p0 + [0.0, 0.12, -0.06], atol=POS_TOL)
         assert sent["gripper.pos"] == 0.0
         time.sleep(1.0)
@@ -247,3 +252,86 @@ def test_reconnect_after_controller_error(tmp_path):
         if robot.is_connected:
             robot.disconnect()
         sim.stop()
+
+
+def _sim_in_another_process(host: str) -> subprocess.Popen:
+    """franky-sim's Slide scene served by a separate Python process (which the test can kill)."""
+    code = (f"from cdp_plugin.franka.sim import SlideSim; import time; SlideSim({host!r}).start(); "
+            "print('serving', flush=True); time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "serving"
+    return proc
+
+
+def test_killed_simulator_process_gives_franka_control_errors(tmp_path):
+    """Issue 12 item 9: after the simulator process is killed every call raises the documented
+    FrankaControlError (franky itself raises a plain ``RuntimeError: Net Exception``), never a raw error."""
+    host = free_loopback_host()
+    proc = _sim_in_another_process(host)
+    robot = Franka(FrankaConfig(ip=host, calibration_dir=tmp_path))
+    try:
+        robot.connect()
+        p0 = ee(robot.get_observation())
+        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.03, "ee_z.pos": p0[2], "gripper.pos": 0.0})
+        proc.kill()
+        proc.wait(30)
+        for _ in range(3):  # the first read times out (UDP); later ones used to raise RuntimeError: Net Exception
+            with pytest.raises(FrankaControlError, match=f"{host}.*(connection is lost|libfranka)"):
+                robot.get_observation()
+        with pytest.raises((FrankaControlError, FrankaSafetyError)):
+            robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1], "ee_z.pos": p0[2], "gripper.pos": 0.0})
+        for call in (robot.recover, robot.wait_until_still, lambda: robot.move_ee(p0),
+                     lambda: robot.gripper_move(0.02)):
+            with pytest.raises(FrankaControlError):
+                call()
+    finally:
+        proc.kill()
+        proc.wait(30)
+        t0 = time.perf_counter()
+        if robot.is_connected:
+            robot.disconnect()  # never raises for a broken link, and does not block on it
+        assert time.perf_counter() - t0 < 15.0
+    assert not robot.is_connected
+
+
+def test_driver_knows_no_simulator_a_scene_hooks_in(sim, tmp_path):
+    """Issue 11: the driver talks to franky only; a scene (here a tiny one of the test's own) adds its keys."""
+    import inspect
+
+    import cdp_plugin.franka.franka as driver
+
+    src = inspect.getsource(driver)
+    assert "SlideSim" not in src and "RUNNING" not in src and "block_" not in src
+
+    class Counter:
+        observation_features = {"ticks.pos": float}
+
+        def __init__(self):
+            self.calls = []
+
+        def start(self):
+            self.calls.append("start")
+
+        def on_connect(self, robot):
+            self.calls.append("on_connect")
+
+        def observe(self):
+            self.calls.append("observe")
+            return {"ticks.pos": float(self.calls.count("observe"))}
+
+        def stop(self):
+            self.calls.append("stop")
+
+    scene = Counter()
+    robot = Franka(FrankaConfig(ip=sim.host, calibration_dir=tmp_path, use_gripper=False), scene=scene)
+    assert "ticks.pos" in robot.observation_features and "block_x.pos" not in robot.observation_features
+    robot.connect()
+    try:
+        assert robot.get_observation()["ticks.pos"] == 1.0
+        robot.reconnect()  # the scene stays up across a reconnect
+        assert robot.get_observation()["ticks.pos"] == 2.0
+    finally:
+        robot.disconnect()
+    assert scene.calls == ["start", "on_connect", "observe", "on_connect", "observe", "stop"]
+    slide = make_robot(sim, tmp_path)  # --robot.sim=slide resolves to the Slide task's scene, from outside
+    assert type(slide.scene).__name__ == "SlideScene" and "block_x.pos" in slide.observation_features

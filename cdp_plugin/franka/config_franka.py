@@ -13,6 +13,10 @@ ACTION_SPACES = ("ee_pos", "ee_delta", "ee_pose", "joint")
 FR3_Q_MIN = (-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159)
 FR3_Q_MAX = (2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159)
 HOME_Q = (0.0, 0.0, 0.0, -1.57, 0.0, 1.57, 0.785)
+# Scenes a robot can host (``--robot.sim=<name>``): name -> "module:factory", the factory called with the
+# FrankaConfig and returning a :class:`~cdp_plugin.franka.franka.FrankaScene`. The driver knows nothing else
+# about them; add a simulated task here (imported only when a robot with that ``sim`` is built).
+SIM_SCENES: dict[str, str] = {"slide": "cdp_plugin.franka.sim:SlideScene"}
 
 
 @RobotConfig.register_subclass("franka")
@@ -40,8 +44,10 @@ class FrankaConfig(RobotConfig):
     max_step_pos: float = 0.04
     max_step_rot: float = 0.2
     max_step_joint: float = 0.15
-    # An action further than this beyond the workspace box, or a per-step jump larger than
-    # abort_factor * max_step, is treated as out of range: the arm is stopped and FrankaSafetyError raised.
+    # An action further than this beyond the workspace box, or an ee_delta step larger than
+    # abort_factor * max_step_pos, is treated as out of range: the arm is stopped and FrankaSafetyError raised.
+    # (An absolute target far from the measured pose is clamped, never aborted: the distance includes the
+    # arm's lag, which depends on how fast the control loop runs.)
     abort_margin: float = 0.10
     abort_factor: float = 5.0
     joint_limit_margin: float = 0.05
@@ -57,7 +63,8 @@ class FrankaConfig(RobotConfig):
     realtime: str = "ignore"
     # Call libfranka's automatic error recovery on connect.
     recover_on_connect: bool = True
-    # Simulation only: start franky-sim with this scene ("slide") in-process before connecting.
+    # Simulation only: the scene the robot hosts (a SIM_SCENES name; "slide" starts franky-sim with the
+    # Slide scene in-process on `ip` before connecting, unless one already runs there).
     sim: str | None = None
     sim_seed: int = 0
     cameras: dict[str, CameraConfig] = field(default_factory=dict)
@@ -74,8 +81,8 @@ class FrankaConfig(RobotConfig):
             raise ValueError("workspace_min must be below workspace_max on every axis")
         if len(self.home_joints) != 7:
             raise ValueError("home_joints needs 7 values")
-        if self.sim not in (None, "slide"):
-            raise ValueError(f"sim must be None or 'slide', got {self.sim!r}")
+        if self.sim is not None and self.sim not in SIM_SCENES:
+            raise ValueError(f"sim must be None or one of {sorted(SIM_SCENES)}, got {self.sim!r}")
         if self.realtime not in ("enforce", "ignore"):
             raise ValueError("realtime must be 'enforce' or 'ignore'")
 

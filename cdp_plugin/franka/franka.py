@@ -2,8 +2,8 @@
 
 Observation (floats, in this order): ``joint_{1..7}.pos`` (rad), ``joint_{1..7}.vel`` (rad/s), TCP pose
 ``ee_{x,y,z}.pos`` (m) and ``ee_{qx,qy,qz,qw}.pos`` (unit quaternion, sign fixed to the hemisphere of the
-pointing-down orientation), ``gripper.pos`` (finger width, m), then ``block_{x,y}.pos`` when the
-simulated Slide scene runs, then one ``(H, W, 3)`` image per configured camera.
+pointing-down orientation), ``gripper.pos`` (finger width, m), then the keys of the robot's scene (if any,
+see below), then one ``(H, W, 3)`` image per configured camera.
 
 Action (``action_space``): ``ee_pos`` -> ``ee_{x,y,z}.pos`` absolute TCP target (orientation held);
 ``ee_delta`` -> ``ee_{dx,dy,dz}.pos`` TCP displacement for this step; ``ee_pose`` -> absolute position and
@@ -13,20 +13,33 @@ Every key ends in ``.pos``/``.vel`` because ``lerobot-rollout`` only forwards su
 Each ``send_action`` issues one asynchronous franky motion to the (safety-checked) target; the next
 command takes over seamlessly, so the arm tracks a policy running at the LeRobot control rate.
 
-Safety: targets are clamped into the workspace box and to per-step motion limits (with a warning); a
-non-finite, malformed or grossly out-of-range action stops the arm and raises
-:class:`FrankaSafetyError` (the robot then refuses actions until :meth:`Franka.recover`); any other
-exception, including ``KeyboardInterrupt``, inside ``send_action`` stops the arm before propagating, and
-franky/libfranka errors are re-raised as :class:`FrankaControlError`. ``disconnect`` always stops the arm
-and closes the connection; ``connect`` again (or :meth:`Franka.recover`) resumes after an error.
+Safety: targets are clamped into the workspace box and to per-step motion limits (with a warning). An
+absolute target far from the measured pose is clamped, never aborted: how far the arm lags behind its
+targets depends on how fast the control loop runs, so a slow (busy) machine must not turn into a safety
+stop. A non-finite, malformed or grossly out-of-range action (beyond the workspace box by more than
+``abort_margin``, outside the joint limits, an ``ee_delta`` step above ``abort_factor`` x the step limit)
+stops the arm and raises :class:`FrankaSafetyError` (the robot then refuses actions until
+:meth:`Franka.recover`). Any other exception, including ``KeyboardInterrupt``, inside ``send_action`` stops
+the arm before propagating. Every franky/libfranka call the robot makes is wrapped: its errors (a lost
+link included, which franky reports as a plain ``RuntimeError``) are re-raised as
+:class:`FrankaControlError`. ``disconnect`` always stops the arm and closes the connection; ``connect``
+again (or :meth:`Franka.recover`) resumes after an error.
+
+Scenes: the driver talks to franky only. Whatever else a setup observes (a simulated scene, an object
+tracker) hooks in from outside as a :class:`FrankaScene`: passed to ``Franka(config, scene=...)`` or named
+by ``config.sim`` (``--robot.sim=slide``), which :data:`~cdp_plugin.franka.config_franka.SIM_SCENES`
+resolves to a factory (the Slide task's is :class:`cdp_plugin.franka.sim.SlideScene`).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,7 +47,7 @@ from lerobot.cameras import make_cameras_from_configs
 from lerobot.robots import Robot
 from lerobot.utils.errors import DeviceAlreadyConnectedError, DeviceNotConnectedError
 
-from .config_franka import FR3_Q_MAX, FR3_Q_MIN, FrankaConfig
+from .config_franka import FR3_Q_MAX, FR3_Q_MIN, SIM_SCENES, FrankaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +56,6 @@ EE_POS = ["ee_x.pos", "ee_y.pos", "ee_z.pos"]
 EE_QUAT = ["ee_qx.pos", "ee_qy.pos", "ee_qz.pos", "ee_qw.pos"]
 EE_DELTA = ["ee_dx.pos", "ee_dy.pos", "ee_dz.pos"]
 GRIPPER = "gripper.pos"
-BLOCK = ["block_x.pos", "block_y.pos"]
 _DEAD_CLIENTS: list = []  # franky clients of broken connections (see Franka._close)
 # TCP pointing straight down (180 deg about x), quaternion (x, y, z, w)
 _DOWN_QUAT = np.array([1.0, 0.0, 0.0, 0.0])
@@ -55,6 +67,40 @@ class FrankaSafetyError(RuntimeError):
 
 class FrankaControlError(RuntimeError):
     """franky / libfranka reported an error; the arm has been stopped. Call ``recover()`` or reconnect."""
+
+
+class FrankaScene(Protocol):
+    """What a :class:`Franka` robot hosts besides the arm (e.g. a simulated scene); the driver only calls these.
+
+    ``observation_features`` are added to the robot's observation (floats named ``*.pos``/``*.vel`` reach
+    ``lerobot-rollout``). ``start`` runs before franky connects (a simulator starts serving the robot's
+    address), ``on_connect`` once the robot is connected (e.g. move to the task's start pose), ``observe``
+    with every observation, ``stop`` after the robot disconnected (not across :meth:`Franka.reconnect`).
+    """
+
+    observation_features: dict[str, type]
+
+    def start(self) -> None: ...
+
+    def on_connect(self, robot: Franka) -> None: ...
+
+    def observe(self) -> dict[str, float]: ...
+
+    def stop(self) -> None: ...
+
+
+def make_scene(config: FrankaConfig) -> FrankaScene | None:
+    """The scene ``config.sim`` names (:data:`~cdp_plugin.franka.config_franka.SIM_SCENES`), or None."""
+    if config.sim is None:
+        return None
+    module, name = SIM_SCENES[config.sim].split(":")
+    return getattr(importlib.import_module(module), name)(config)
+
+
+def _is_link_error(franky, e: BaseException) -> bool:
+    """A lost connection: franky's NetworkException, or libfranka's network errors that arrive as plain
+    ``RuntimeError`` ("Net Exception", "UDP receive: Timeout", TCP errors)."""
+    return isinstance(e, franky.NetworkException) or any(w in str(e) for w in ("Net", "UDP", "TCP"))
 
 
 def _canonical_quat(q: np.ndarray) -> np.ndarray:
@@ -80,14 +126,15 @@ class Franka(Robot):
     config_class = FrankaConfig
     name = "franka"
 
-    def __init__(self, config: FrankaConfig):
+    def __init__(self, config: FrankaConfig, scene: FrankaScene | None = None):
         super().__init__(config)
         self.config = config
         self.cameras = make_cameras_from_configs(config.cameras)
+        self.scene = scene if scene is not None else make_scene(config)
+        self._scene_started = False
         self._franky = None
         self._robot = None
         self._gripper = None
-        self.sim = None  # SlideSim when config.sim is set and this robot started it
         self._hold_quat = _DOWN_QUAT.copy()
         self._gripper_cmd: float | None = None
         self._gripper_future = None
@@ -108,8 +155,8 @@ class Franka(Robot):
         ft.update({k: float for k in EE_POS + EE_QUAT})
         if self.config.use_gripper:
             ft[GRIPPER] = float
-        if self.config.sim == "slide":
-            ft.update({k: float for k in BLOCK})
+        if self.scene is not None:
+            ft.update(self.scene.observation_features)
         for name, cam in self.config.cameras.items():
             ft[name] = (cam.height, cam.width, 3)
         return ft
@@ -147,58 +194,55 @@ class Franka(Robot):
         self._franky = franky
         cfg = self.config
         try:
-            if cfg.sim is not None:
-                from .sim import RUNNING, SlideSim
-
-                if cfg.ip not in RUNNING:
-                    self.sim = SlideSim(host=cfg.ip, seed=cfg.sim_seed).start()
+            if self.scene is not None and not self._scene_started:
+                self.scene.start()
+                self._scene_started = True
             rt = franky.RealtimeConfig.Enforce if cfg.realtime == "enforce" else franky.RealtimeConfig.Ignore
-            self._robot = franky.Robot(
-                cfg.ip,
-                relative_dynamics_factor=cfg.dynamics_factor,
-                default_torque_threshold=cfg.torque_threshold,
-                default_force_threshold=cfg.force_threshold,
-                realtime_config=rt,
-            )
-            if cfg.use_gripper:
-                self._gripper = franky.Gripper(cfg.ip)
+            with self._franky_calls(f"connecting to {cfg.ip}"):
+                self._robot = franky.Robot(
+                    cfg.ip,
+                    relative_dynamics_factor=cfg.dynamics_factor,
+                    default_torque_threshold=cfg.torque_threshold,
+                    default_force_threshold=cfg.force_threshold,
+                    realtime_config=rt,
+                )
+                if cfg.use_gripper:
+                    self._gripper = franky.Gripper(cfg.ip)
             for cam in self.cameras.values():
                 cam.connect()
             self.configure()
-            if cfg.sim == "slide":
-                # the simulated task starts where its demonstrations start: TCP above the table, gripper closed
-                from .sim import RUNNING
-
-                self.move_ee(RUNNING[cfg.ip].task.start_xyz)
-                self.gripper_move(0.0)
+            if self.scene is not None:
+                self.scene.on_connect(self)
         except BaseException:
             self._close()
             raise
         logger.info("%s connected to %s", self, cfg.ip)
 
     def configure(self) -> None:
-        if self.config.recover_on_connect and self._robot.has_errors:
-            self._robot.recover_from_errors()
-        self._robot.relative_dynamics_factor = self.config.dynamics_factor
+        with self._franky_calls("configuring the robot"):
+            if self.config.recover_on_connect and self._robot.has_errors:
+                self._robot.recover_from_errors()
+            self._robot.relative_dynamics_factor = self.config.dynamics_factor
         self._sync_targets()
         self.fault = None
         self.n_actions, self.tcp_path, self._last_obs_p = 0, 0.0, None
 
     def _sync_targets(self) -> None:
-        pose = self._robot.current_cartesian_state.pose.end_effector_pose
-        self._hold_quat = _canonical_quat(np.asarray(pose.quaternion))
-        self._gripper_cmd = float(self._gripper.width) if self._gripper is not None else None
+        with self._franky_calls("reading the robot state"):
+            pose = self._robot.current_cartesian_state.pose.end_effector_pose
+            self._hold_quat = _canonical_quat(np.asarray(pose.quaternion))
+            self._gripper_cmd = float(self._gripper.width) if self._gripper is not None else None
         self._last_kind = None
 
     def disconnect(self) -> None:
         """Stop the arm and close the connection (never raises for an already broken link)."""
-        if self._robot is None and self.sim is None:
+        if self._robot is None and not self._scene_started:
             raise DeviceNotConnectedError(f"{self} is not connected")
         self._stop_arm()
         self._close()
         logger.info("%s disconnected: %d actions sent, TCP path %.3f m", self, self.n_actions, self.tcp_path)
 
-    def _close(self) -> None:
+    def _close(self, keep_scene: bool = False) -> None:
         for cam in self.cameras.values():
             try:
                 if cam.is_connected:
@@ -231,27 +275,22 @@ class Franka(Robot):
         self._robot = None  # libfranka closes the connection when the object is destroyed
         self._gripper = None
         self._link_broken = False
-        if self.sim is not None:
-            self.sim.stop()
-            self.sim = None
+        if self.scene is not None and self._scene_started and not keep_scene:
+            self._scene_started = False
+            self.scene.stop()
 
     def reconnect(self) -> None:
-        """Close and reopen the connection (e.g. after a network or controller error)."""
-        keep_sim = self.sim
-        self.sim = None  # keep the simulator (if any) running across the reconnect
-        try:
-            if self._robot is not None:
-                self._stop_arm()
-            self._close()
-        finally:
-            self.sim = keep_sim
-        self._robot = None
+        """Close and reopen the connection (e.g. after a network or controller error); the scene stays."""
+        if self._robot is not None:
+            self._stop_arm()
+        self._close(keep_scene=True)
         self.connect()
 
     def recover(self) -> None:
         """Run libfranka's automatic error recovery and re-arm after a safety stop."""
         self._check_connected()
-        self._robot.recover_from_errors()
+        with self._franky_calls("libfranka error recovery"):
+            self._robot.recover_from_errors()
         self._sync_targets()
         self.fault = None
 
@@ -259,18 +298,40 @@ class Franka(Robot):
     def _check_connected(self) -> None:
         if self._robot is None:
             raise DeviceNotConnectedError(f"{self} is not connected")
+        if self._link_broken:  # nothing can be read or commanded over a dead link
+            raise FrankaControlError(f"{self} ({self.config.ip}): the connection is lost (libfranka network "
+                                     "error); call disconnect() and connect() again (or reconnect())")
+
+    @contextmanager
+    def _franky_calls(self, what: str) -> Iterator[None]:
+        """Re-raise any error of the franky calls in the block as :class:`FrankaControlError` naming ``what``.
+
+        The plugin's own errors and ``KeyboardInterrupt`` pass through unchanged. A lost link (see
+        :func:`_is_link_error`) is remembered, so that stopping and closing do not wait on a dead connection.
+        """
+        try:
+            yield
+        except (FrankaSafetyError, FrankaControlError, DeviceNotConnectedError):
+            raise
+        except Exception as e:
+            if self._franky is not None and _is_link_error(self._franky, e):
+                self._link_broken = True
+                hint = "the connection is lost: call disconnect() and connect() again (or reconnect())"
+            else:
+                hint = "call recover() (libfranka's automatic error recovery) or reconnect()"
+            raise FrankaControlError(
+                f"{self} ({self.config.ip}): {what} failed: franky/libfranka reported {type(e).__name__}: {e}; "
+                f"{hint}"
+            ) from e
 
     def get_observation(self) -> dict[str, Any]:
         self._check_connected()
-        try:
+        with self._franky_calls("reading the robot state"):
             st = self._robot.state
             q, dq = np.asarray(st.q), np.asarray(st.dq)
             pose = st.O_T_EE
             pos, quat = np.asarray(pose.translation), _canonical_quat(np.asarray(pose.quaternion))
             width = float(self._gripper.width) if self._gripper is not None else None
-        except self._franky_errors() as e:
-            self._link_broken = isinstance(e, self._franky.NetworkException) or "UDP" in str(e) or "TCP" in str(e)
-            raise FrankaControlError(f"reading the robot state failed: {e}") from e
         if self._last_obs_p is not None:
             self.tcp_path += float(np.linalg.norm(pos - self._last_obs_p))
         self._last_obs_p = pos.copy()
@@ -285,22 +346,13 @@ class Franka(Robot):
             obs[k] = float(v)
         if self.config.use_gripper:
             obs[GRIPPER] = width
-        if self.config.sim == "slide":
-            from .sim import RUNNING
-
-            bxy = RUNNING[self.config.ip].block_xy()
-            obs[BLOCK[0]], obs[BLOCK[1]] = float(bxy[0]), float(bxy[1])
+        if self.scene is not None:
+            obs.update(self.scene.observe())
         for name, cam in self.cameras.items():
             obs[name] = cam.read_latest()
         return obs
 
     # ------------------------------------------------------------------ action
-    def _franky_errors(self) -> tuple[type[BaseException], ...]:
-        f = self._franky
-        return (f.Exception, f.ControlException, f.CommandException, f.NetworkException,
-                f.InvalidOperationException, f.InvalidMotionTypeException, f.ProtocolException,
-                f.RealtimeException, f.GripperException)
-
     def send_action(self, action: dict[str, Any]) -> dict[str, Any]:
         self._check_connected()
         if self.fault is not None:
@@ -309,22 +361,16 @@ class Franka(Robot):
             )
         self.warnings = []
         try:
-            sent = self._send(action)
+            with self._franky_calls("sending the action"):
+                sent = self._send(action)
             self.n_actions += 1
             return sent
-        except FrankaSafetyError as e:
+        except (FrankaSafetyError, FrankaControlError) as e:
             self._stop_arm()
             self.fault = str(e)
             raise
-        except BaseException as e:  # KeyboardInterrupt included: never leave a motion running
+        except BaseException:  # KeyboardInterrupt included: never leave a motion running
             self._stop_arm()
-            if isinstance(e, self._franky_errors()):
-                self.fault = f"{type(e).__name__}: {e}"
-                self._link_broken = isinstance(e, self._franky.NetworkException)
-                raise FrankaControlError(
-                    f"franky reported {type(e).__name__}: {e}. The arm was stopped; call recover() "
-                    "(libfranka automatic error recovery) or reconnect()."
-                ) from e
             raise
 
     def _warn(self, msg: str) -> None:
@@ -368,6 +414,12 @@ class Franka(Robot):
             cur = self._robot.current_cartesian_state.pose.end_effector_pose
             cur_p = np.asarray(cur.translation)
             if mode == "ee_delta":
+                # the commanded displacement itself (not a lag behind the arm): a gross one is an error
+                if float(np.linalg.norm(vals)) > cfg.abort_factor * cfg.max_step_pos:
+                    raise FrankaSafetyError(
+                        f"TCP displacement {float(np.linalg.norm(vals)):.3f} m in one step (limit for abort "
+                        f"{cfg.abort_factor * cfg.max_step_pos:.3f} m = abort_factor x max_step_pos)"
+                    )
                 p_req, quat = cur_p + vals, self._hold_quat
             elif mode == "ee_pose":
                 p_req, quat = vals[:3], self._quat_target(vals[3:], np.asarray(cur.quaternion))
@@ -402,12 +454,8 @@ class Franka(Robot):
                 f"TCP target {np.round(p_req, 4).tolist()} is more than {cfg.abort_margin} m outside the "
                 f"workspace box {cfg.workspace_min}..{cfg.workspace_max}"
             )
-        step = float(np.linalg.norm(p_req - cur_p))
-        if step > cfg.abort_factor * cfg.max_step_pos:
-            raise FrankaSafetyError(
-                f"TCP target jumps {step:.3f} m in one step (limit for abort "
-                f"{cfg.abort_factor * cfg.max_step_pos:.3f} m)"
-            )
+        # A target far from the measured TCP is clamped below, never aborted: the distance includes how far the
+        # arm lags behind its targets, which grows when the control loop runs slowly (a busy machine).
         p = np.clip(p_req, lo, hi)
         if not np.allclose(p, p_req):
             self._warn(f"TCP target {np.round(p_req, 4).tolist()} clamped into workspace -> {np.round(p, 4).tolist()}")
@@ -425,9 +473,7 @@ class Franka(Robot):
             raise FrankaSafetyError(f"orientation quaternion has norm {n:.3f} (expected 1)")
         q = _canonical_quat(q_req)
         cur = _canonical_quat(cur_q)
-        ang = _quat_angle(cur, q)
-        if ang > cfg.abort_factor * cfg.max_step_rot:
-            raise FrankaSafetyError(f"orientation target rotates {ang:.3f} rad in one step")
+        ang = _quat_angle(cur, q)  # far from the measured orientation: clamped, never aborted (see above)
         if ang > cfg.max_step_rot:
             q = _slerp(cur, q, cfg.max_step_rot / ang)
             self._warn(f"rotation step {ang:.3f} rad clamped to {cfg.max_step_rot} rad")
@@ -438,10 +484,7 @@ class Franka(Robot):
         qmin, qmax = np.asarray(FR3_Q_MIN), np.asarray(FR3_Q_MAX)
         if np.any(q_req < qmin - 0.1) or np.any(q_req > qmax + 0.1):
             raise FrankaSafetyError(f"joint target {np.round(q_req, 3).tolist()} outside the joint limits")
-        cur = np.asarray(self._robot.current_joint_positions)
-        step = np.abs(q_req - cur)
-        if np.any(step > cfg.abort_factor * cfg.max_step_joint):
-            raise FrankaSafetyError(f"joint target jumps {step.max():.3f} rad in one step")
+        cur = np.asarray(self._robot.current_joint_positions)  # a far target is clamped, never aborted
         q = np.clip(q_req, qmin + cfg.joint_limit_margin, qmax - cfg.joint_limit_margin)
         if not np.allclose(q, q_req):
             self._warn("joint target clamped to the joint limits")
@@ -485,19 +528,24 @@ class Franka(Robot):
     def wait_until_still(self, timeout: float = 5.0) -> bool:
         """Block until the current motion finished (True) or the timeout passed (False)."""
         self._check_connected()
-        return bool(self._robot.join_motion(timeout))
+        with self._franky_calls("waiting for the motion"):
+            return bool(self._robot.join_motion(timeout))
 
     def move_home(self, joints: list[float] | None = None, timeout: float = 20.0) -> None:
         """Move to ``home_joints`` (blocking, at the configured dynamics factor)."""
         self._check_connected()
-        if self._robot.poll_motion():
-            self._robot.join_motion(5.0)
         q = self.config.home_joints if joints is None else joints
-        self._robot.move(self._franky.JointMotion(list(q)), asynchronous=True)
-        self._last_kind = "joint"
-        if not self._robot.join_motion(timeout):
+        try:
+            with self._franky_calls("move_home"):
+                if self._robot.poll_motion():
+                    self._robot.join_motion(5.0)
+                self._robot.move(self._franky.JointMotion(list(q)), asynchronous=True)
+                self._last_kind = "joint"
+                if not self._robot.join_motion(timeout):
+                    raise FrankaControlError(f"move_home did not finish within {timeout}s")
+        except BaseException:
             self._stop_arm()
-            raise FrankaControlError(f"move_home did not finish within {timeout}s")
+            raise
         self._sync_targets()
 
     def move_ee(self, xyz, timeout: float = 20.0) -> None:
@@ -505,15 +553,19 @@ class Franka(Robot):
         self._check_connected()
         lo, hi = np.asarray(self.config.workspace_min), np.asarray(self.config.workspace_max)
         p = np.clip(np.asarray(xyz, dtype=np.float64), lo, hi)
-        if self._robot.poll_motion():
-            self._robot.join_motion(5.0)
-        aff = self._franky.Affine(p.tolist(), self._hold_quat.tolist())
-        self._robot.move(self._franky.CartesianMotion(aff, self._franky.ReferenceType.Absolute), asynchronous=True)
-        self._last_kind = "cart"
-        t0 = time.monotonic()
-        if not self._robot.join_motion(timeout):
+        try:
+            with self._franky_calls("move_ee"):
+                if self._robot.poll_motion():
+                    self._robot.join_motion(5.0)
+                aff = self._franky.Affine(p.tolist(), self._hold_quat.tolist())
+                motion = self._franky.CartesianMotion(aff, self._franky.ReferenceType.Absolute)
+                self._robot.move(motion, asynchronous=True)
+                self._last_kind = "cart"
+                if not self._robot.join_motion(timeout):
+                    raise FrankaControlError(f"move_ee did not finish within {timeout}s")
+        except BaseException:
             self._stop_arm()
-            raise FrankaControlError(f"move_ee did not finish within {timeout}s ({time.monotonic() - t0:.1f}s)")
+            raise
 
     def _wait_gripper(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -528,9 +580,10 @@ class Franka(Robot):
         self._check_connected()
         if self._gripper is None:
             return
-        self._wait_gripper(timeout)
         w = float(np.clip(width, 0.0, self.config.gripper_max_width))
-        self._gripper_future = self._gripper.move_async(w, self.config.gripper_speed)
-        if not self._wait_gripper(timeout):
-            raise FrankaControlError(f"gripper did not reach {w:.3f} m within {timeout}s")
+        with self._franky_calls("gripper_move"):
+            self._wait_gripper(timeout)
+            self._gripper_future = self._gripper.move_async(w, self.config.gripper_speed)
+            if not self._wait_gripper(timeout):
+                raise FrankaControlError(f"gripper did not reach {w:.3f} m within {timeout}s")
         self._gripper_cmd = w

@@ -9,7 +9,9 @@ The scene object state (block position) is privileged simulator information: it 
 :meth:`SlideSim.block_xy`, which copies the MuJoCo state between two physics steps (inside the
 simulation thread) so reads never race with ``mj_step``.
 
-Imports of ``mujoco`` and ``franky_sim`` happen inside :meth:`SlideSim.start`.
+:class:`SlideScene` hooks the scene into the ``franka`` robot from outside (``--robot.sim=slide``); the
+robot driver itself talks to franky only. Imports of ``mujoco`` and ``franky_sim`` happen inside
+:meth:`SlideSim.start`.
 """
 
 from __future__ import annotations
@@ -205,6 +207,44 @@ class SlideSim:
 
     def is_success(self, block_xy: np.ndarray | None = None) -> bool:
         return self.distance_to_target(block_xy) <= self.task.success_radius
+
+
+class SlideScene:
+    """The Slide task hooked into a :class:`~cdp_plugin.franka.franka.Franka` robot (``--robot.sim=slide``).
+
+    A :class:`~cdp_plugin.franka.franka.FrankaScene`: ``start`` runs the franky-sim Slide scene on the
+    robot's address (or attaches to one already running there in this process, which it then leaves
+    running), ``on_connect`` moves the arm to where the demonstrations start (TCP above the table, gripper
+    closed), ``observe`` adds the puck position ``block_{x,y}.pos`` (privileged simulator state), ``stop``
+    stops a simulator this scene started. ``sim`` is the :class:`SlideSim` while started.
+    """
+
+    observation_features: dict[str, type] = {"block_x.pos": float, "block_y.pos": float}
+
+    def __init__(self, config):
+        self.host, self.seed = config.ip, config.sim_seed
+        self.sim: SlideSim | None = None
+        self._owned = False
+
+    def start(self) -> None:
+        if self.sim is not None and self.sim.started:
+            return
+        running = RUNNING.get(self.host)
+        self._owned = running is None
+        self.sim = SlideSim(host=self.host, seed=self.seed).start() if running is None else running
+
+    def on_connect(self, robot) -> None:
+        robot.move_ee(self.sim.task.start_xyz)
+        robot.gripper_move(0.0)
+
+    def observe(self) -> dict[str, float]:
+        bxy = self.sim.block_xy()
+        return {"block_x.pos": float(bxy[0]), "block_y.pos": float(bxy[1])}
+
+    def stop(self) -> None:
+        if self._owned and self.sim is not None:
+            self.sim.stop()
+        self.sim, self._owned = None, False
 
 
 def render_topdown(task: SlideTaskConfig, block_xy, ee_xy, height: int = 96, width: int = 96) -> np.ndarray:

@@ -98,18 +98,15 @@ def reset_episode(robot, block_xy=None, home: bool = False) -> tuple[float, floa
         robot.move_ee([obs["ee_x.pos"], obs["ee_y.pos"], 0.15])
     if home:
         robot.move_home()
-    from .sim import RUNNING
-
-    robot.move_ee(RUNNING[robot.config.ip].task.start_xyz)
+    sim = robot.scene.sim  # the SlideScene the robot hosts (slide_robot_config)
+    robot.move_ee(sim.task.start_xyz)
     robot.gripper_move(0.0)
-    return RUNNING[robot.config.ip].place_block(block_xy)
+    return sim.place_block(block_xy)
 
 
 def run_episode(robot, act_fn, max_steps: int = 80, fps: int = FPS, on_frame=None, settle_steps: int = 3):
     """Run one episode at ``fps``; returns dict(success, steps, final_distance, wall_s)."""
-    from .sim import RUNNING
-
-    sim = RUNNING[robot.config.ip]
+    sim = robot.scene.sim
     dt = 1.0 / fps
     t_start = time.perf_counter()
     success_at = None
@@ -155,10 +152,8 @@ def record_dataset(root: str | Path, n_episodes: int, repo_id: str = "local/fran
         ds = LeRobotDataset.create(repo_id, FPS, features=features, root=root, robot_type=robot.name,
                                    use_videos=False)
         expert = SlideExpert()
+        t = robot.scene.sim.task
         for ep in range(n_episodes):
-            from .sim import RUNNING
-
-            t = RUNNING[host].task
             reset_episode(robot, (rng.uniform(*t.block_x_range), rng.uniform(*t.block_y_range)), home=ep == 0)
             frames = []
 
@@ -242,9 +237,7 @@ def evaluate_expert(n_episodes: int, host: str = "127.0.0.1", seed: int = 0, max
         results = []
         robot.connect()
         try:
-            from .sim import RUNNING
-
-            t = RUNNING[host].task
+            t = robot.scene.sim.task
             expert = SlideExpert()
             for ep in range(n_episodes):
                 reset_episode(robot, (rng.uniform(*t.block_x_range), rng.uniform(*t.block_y_range)), home=ep == 0)
@@ -270,6 +263,9 @@ def evaluate_policy(policy_path: str | Path, n_episodes: int, host: str = "127.0
     from lerobot.utils.import_utils import register_third_party_plugins
 
     register_third_party_plugins()  # as LeRobot's CLIs do: makes `cdp` (and other plugin types) loadable
+    from cdp_plugin.policy.safe_load import validate_processor_files
+
+    validate_processor_files(policy_path)  # only registered processor steps (no code from the checkpoint's JSON)
     pcfg = PreTrainedConfig.from_pretrained(policy_path)
     for k, v in (overrides or {}).items():
         setattr(pcfg, k, v)
@@ -307,9 +303,7 @@ def evaluate_policy(policy_path: str | Path, n_episodes: int, host: str = "127.0
             n_infer += 1
             return {k: ad[k] for k in keys}
 
-        from .sim import RUNNING
-
-        t = RUNNING[host].task
+        t = robot.scene.sim.task
         for ep in range(n_episodes):
             reset_episode(robot, (rng.uniform(*t.block_x_range), rng.uniform(*t.block_y_range)), home=ep == 0)
             policy.reset()

@@ -32,8 +32,10 @@ def policy_configs_dir() -> Path:
         raise FileNotFoundError("lerobot_policy_cdp is not installed: pip install lerobot_policy_cdp")
     path = Path(next(iter(spec.submodule_search_locations))) / "policy_configs"
     if not path.is_dir():
-        raise FileNotFoundError(f"policy_configs not found at {path}: the package was installed without its "
-                                "data files; reinstall lerobot_policy_cdp")
+        raise FileNotFoundError(
+            f"policy_configs not found at {path}: the package was installed without its "
+            "data files; reinstall lerobot_policy_cdp"
+        )
     return path
 
 
@@ -57,7 +59,9 @@ def config_path(name: str) -> Path:
     if len(matches) == 1:
         return root / matches[0]
     if not matches:
-        raise FileNotFoundError(f"config {name!r} not found in {root}; choose one of: {', '.join(list_configs())}")
+        raise FileNotFoundError(
+            f"config {name!r} not found in {root}; choose one of: {', '.join(list_configs())}"
+        )
     raise FileNotFoundError(f"config {name!r} is ambiguous: {', '.join(matches)}; give the relative path")
 
 

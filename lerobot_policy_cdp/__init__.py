@@ -2,13 +2,17 @@
 
 LeRobot imports every installed distribution whose name starts with ``lerobot_policy_``; importing this
 package registers the ``cdp`` policy (config, model, processors) and the plugin's environments and
-robots. The code lives in :mod:`cdp_plugin`.
+robots, and adds ``cdp`` to LeRobot's async gRPC server list (when grpcio is installed; see
+:mod:`lerobot_policy_cdp.policy_server`). The code lives in :mod:`cdp_plugin`; the shipped configs in
+``policy_configs/`` (:mod:`lerobot_policy_cdp.configs`).
 """
 
 try:
     import lerobot  # noqa: F401
 except ImportError as e:  # pragma: no cover
-    raise ImportError("lerobot_policy_cdp needs LeRobot 0.6.x: pip install 'lerobot[diffusion]==0.6.1'") from e
+    raise ImportError(
+        "lerobot_policy_cdp needs LeRobot 0.6.x: pip install 'lerobot[diffusion]==0.6.1'"
+    ) from e
 
 from cdp_plugin import register as _register
 

@@ -24,7 +24,9 @@ def main() -> None:
     from cdp_plugin.register import register_async_inference
 
     if not register_async_inference():
-        raise SystemExit("error: the async policy server needs grpcio: pip install 'lerobot_policy_cdp[async]'")
+        raise SystemExit(
+            "error: the async policy server needs grpcio: pip install 'lerobot_policy_cdp[async]'"
+        )
     from lerobot.async_inference.policy_server import serve
 
     serve()

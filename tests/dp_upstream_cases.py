@@ -58,7 +58,9 @@ from diffusion_policy.policy.diffusion_unet_lowdim_policy import DiffusionUnetLo
 
 import cdp_plugin.diffusion_policy as cdp_dp  # noqa: E402
 
-UPSTREAM_CFG = next(pathlib.Path(p) / "config" for p in diffusion_policy.__path__ if (pathlib.Path(p) / "config").is_dir())
+UPSTREAM_CFG = next(
+    pathlib.Path(p) / "config" for p in diffusion_policy.__path__ if (pathlib.Path(p) / "config").is_dir()
+)
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "policy_configs" / "diffusion_policy"
 LOWDIM = "cdp_plugin.diffusion_policy.ContractiveDiffusionUnetLowdimPolicy"
@@ -142,12 +144,16 @@ def tiny_zarr(tmp_path_factory) -> str:
 
 @pytest.fixture()
 def zarr_reader(monkeypatch):
-    """With zarr 3, load the buffer into upstream's numpy-backed ReplayBuffer (upstream's path needs zarr 2)."""
+    """With zarr 3, load into upstream's numpy-backed ReplayBuffer (upstream's own path needs zarr 2)."""
     if ZARR3:
+
         def copy_from_path(cls, zarr_path, backend=None, store=None, keys=None, **kwargs):
             g = zarr.open_group(os.path.expanduser(zarr_path), mode="r")
             keys = list(g["data"].keys()) if keys is None else keys
-            root = {"meta": {"episode_ends": g["meta"]["episode_ends"][:]}, "data": {k: g["data"][k][:] for k in keys}}
+            root = {
+                "meta": {"episode_ends": g["meta"]["episode_ends"][:]},
+                "data": {k: g["data"][k][:] for k in keys},
+            }
             return cls(root=root)
 
         monkeypatch.setattr(ReplayBuffer, "copy_from_path", classmethod(copy_from_path))
@@ -173,12 +179,17 @@ def _infra(tmp_zarr: str, runner: type, batch: int = 8) -> list[str]:
     ]
 
 
-TINY_LOWDIM = ["policy.model.down_dims=[16,32,64]", "policy.model.diffusion_step_embed_dim=16",
-               "policy.num_inference_steps=10"]
+TINY_LOWDIM = [
+    "policy.model.down_dims=[16,32,64]",
+    "policy.model.diffusion_step_embed_dim=16",
+    "policy.num_inference_steps=10",
+]
 TINY_IMAGE = ["policy.down_dims=[16,32,64]", "policy.diffusion_step_embed_dim=16"]
 
 
-def _compose(config_name: str, overrides: list[str], config_dir: pathlib.Path = UPSTREAM_CFG, resolve: bool = True):
+def _compose(
+    config_name: str, overrides: list[str], config_dir: pathlib.Path = UPSTREAM_CFG, resolve: bool = True
+):
     with hydra.initialize_config_dir(config_dir=str(config_dir), version_base=None):
         cfg = hydra.compose(config_name=config_name, overrides=overrides)
     if resolve:
@@ -218,15 +229,21 @@ def _assert_only_target_differs(config_name: str, common: list[str], target: str
     """The composed config with the swap differs from upstream's (same overrides) in policy._target_ only."""
     # unresolved: ${now:...} interpolations (run names) stay as written, everything else is as composed
     base = _flat(OmegaConf.to_container(_compose(config_name, common, resolve=False)))
-    swapped = _flat(OmegaConf.to_container(_compose(config_name, common + [f"policy._target_={target}"], resolve=False)))
-    diff = {k: (base.get(k), swapped.get(k)) for k in set(base) | set(swapped) if base.get(k) != swapped.get(k)}
+    swapped = _flat(
+        OmegaConf.to_container(_compose(config_name, common + [f"policy._target_={target}"], resolve=False))
+    )
+    diff = {
+        k: (base.get(k), swapped.get(k)) for k in set(base) | set(swapped) if base.get(k) != swapped.get(k)
+    }
     assert list(diff) == ["policy._target_"], diff
-    assert diff["policy._target_"][1] == target and diff["policy._target_"][0].startswith("diffusion_policy.policy.")
+    assert diff["policy._target_"][1] == target and diff["policy._target_"][0].startswith(
+        "diffusion_policy.policy."
+    )
     return diff
 
 
 def _record_losses(policy) -> list[dict]:
-    """Record ``last_contraction`` after every training ``compute_loss`` (instance attribute; remove after)."""
+    """Record ``last_contraction`` after every training ``compute_loss`` (an instance attribute: del it)."""
     records: list[dict] = []
     orig = policy.compute_loss
 
@@ -256,7 +273,10 @@ def test_side_environment_versions():
     """Under the launcher: upstream really runs on zarr 2 and robomimic 0.2.0 from the side directory."""
     import robomimic
 
-    print(f"zarr {zarr.__version__} robomimic {robomimic.__version__} diffusion_policy {list(diffusion_policy.__path__)}")
+    print(
+        f"zarr {zarr.__version__} robomimic {robomimic.__version__} "
+        f"diffusion_policy {list(diffusion_policy.__path__)}"
+    )
     if os.environ.get("CDP_DP_SIDE_ENV") == "1":
         assert zarr.__version__ == "2.18.7" and robomimic.__version__ == "0.2.0"
         assert not ZARR3
@@ -276,8 +296,11 @@ def test_subclasses_are_in_upstream_mro():
     assert cdp_dp.ContractiveDiffusionUnetLowdimPolicy.__mro__[1] is cdp_dp.ContractiveMixin
     import inspect
 
-    for cls in (cdp_dp.ContractiveDiffusionUnetLowdimPolicy, cdp_dp.ContractiveDiffusionUnetImagePolicy,
-                cdp_dp.ContractiveDiffusionTransformerLowdimPolicy):
+    for cls in (
+        cdp_dp.ContractiveDiffusionUnetLowdimPolicy,
+        cdp_dp.ContractiveDiffusionUnetImagePolicy,
+        cdp_dp.ContractiveDiffusionTransformerLowdimPolicy,
+    ):
         up = inspect.signature(cls.upstream_class.__init__).parameters
         mine = inspect.signature(cls.__init__).parameters
         for name, p in up.items():  # the upstream signature is kept, defaults included
@@ -290,7 +313,9 @@ def test_subclasses_are_in_upstream_mro():
 
 
 def test_hybrid_subclass_in_mro_when_robomimic_installed():
-    pytest.importorskip("robomimic", reason="robomimic is not installed (needed by upstream's hybrid image policies)")
+    pytest.importorskip(
+        "robomimic", reason="robomimic is not installed (needed by upstream's hybrid image policies)"
+    )
     from diffusion_policy.policy.diffusion_unet_hybrid_image_policy import DiffusionUnetHybridImagePolicy
 
     assert DiffusionUnetHybridImagePolicy in cdp_dp.ContractiveDiffusionUnetHybridImagePolicy.__mro__
@@ -302,7 +327,9 @@ def test_hybrid_subclass_in_mro_when_robomimic_installed():
 
 
 def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader, tmp_path):
-    from diffusion_policy.workspace.train_diffusion_unet_lowdim_workspace import TrainDiffusionUnetLowdimWorkspace
+    from diffusion_policy.workspace.train_diffusion_unet_lowdim_workspace import (
+        TrainDiffusionUnetLowdimWorkspace,
+    )
 
     common = ["task=pusht_lowdim"] + _infra(tiny_zarr, NoopLowdimRunner) + TINY_LOWDIM
     _assert_only_target_differs("train_diffusion_unet_lowdim_workspace", common, LOWDIM)
@@ -359,7 +386,10 @@ def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader,
         a = policy.predict_action({"obs": obs})
         torch.manual_seed(0)
         b = policy.predict_action({"obs": obs})
-    assert a["action"].shape == (4, cfg2.n_action_steps, cfg2.action_dim) and torch.isfinite(a["action_pred"]).all()
+    assert (
+        a["action"].shape == (4, cfg2.n_action_steps, cfg2.action_dim)
+        and torch.isfinite(a["action_pred"]).all()
+    )
     assert torch.equal(a["action"], b["action"])
 
     # dill snapshot of the whole workspace (upstream's save_snapshot) round-trips
@@ -370,7 +400,9 @@ def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader,
 
     # the contractive checkpoint loads into the stock upstream workspace (strict, optimiser included)
     stock_cfg = copy.deepcopy(cfg2)
-    stock_cfg.policy._target_ = "diffusion_policy.policy.diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy"
+    stock_cfg.policy._target_ = (
+        "diffusion_policy.policy.diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy"
+    )
     for k in [k for k in stock_cfg.policy if k.startswith("contraction_") or k == "sampler"]:
         del stock_cfg.policy[k]
     ws3 = _workspace(stock_cfg, tmp_path / "stock")
@@ -380,11 +412,17 @@ def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader,
 
 def test_image_workspace_trains_and_predicts(tiny_zarr, zarr_reader, tmp_path):
     """train_diffusion_unet_image_workspace (torchvision encoder, no robomimic) with task=pusht_image."""
-    overrides = (["task=pusht_image", f"policy._target_={IMAGE}"] + _infra(tiny_zarr, NoopImageRunner, batch=4)
-                 + TINY_IMAGE + ["policy.num_inference_steps=10", "checkpoint.save_last_ckpt=false"])
+    overrides = (
+        ["task=pusht_image", f"policy._target_={IMAGE}"]
+        + _infra(tiny_zarr, NoopImageRunner, batch=4)
+        + TINY_IMAGE
+        + ["policy.num_inference_steps=10", "checkpoint.save_last_ckpt=false"]
+    )
     cfg = _compose("train_diffusion_unet_image_workspace", overrides)
     ws = _workspace(cfg, tmp_path / "run")
-    assert type(ws.model) is cdp_dp.ContractiveDiffusionUnetImagePolicy and isinstance(ws.model, DiffusionUnetImagePolicy)
+    assert type(ws.model) is cdp_dp.ContractiveDiffusionUnetImagePolicy and isinstance(
+        ws.model, DiffusionUnetImagePolicy
+    )
     opt_params = [p for g in ws.optimizer.param_groups for p in g["params"]]
     assert all(a is b for a, b in zip(opt_params, ws.model.parameters()))
     enc_before = [p.detach().clone() for p in ws.model.obs_encoder.parameters()]
@@ -397,17 +435,30 @@ def test_image_workspace_trains_and_predicts(tiny_zarr, zarr_reader, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(enc_before, ws.model.obs_encoder.parameters()))
     policy = ws.ema_model
     policy.eval()
-    obs = {"image": torch.rand(2, cfg.n_obs_steps, 3, 96, 96), "agent_pos": torch.randn(2, cfg.n_obs_steps, 2)}
+    obs = {
+        "image": torch.rand(2, cfg.n_obs_steps, 3, 96, 96),
+        "agent_pos": torch.randn(2, cfg.n_obs_steps, 2),
+    }
     with torch.no_grad():
         res = policy.predict_action(obs)
-    assert res["action"].shape == (2, cfg.n_action_steps, 2) and res["action_pred"].shape == (2, cfg.horizon, 2)
+    assert res["action"].shape == (2, cfg.n_action_steps, 2) and res["action_pred"].shape == (
+        2,
+        cfg.horizon,
+        2,
+    )
 
 
 def test_hybrid_workspace_trains_and_predicts(tiny_zarr, zarr_reader, tmp_path):
-    """train_diffusion_unet_hybrid_workspace (robomimic encoder built in the constructor), task=pusht_image."""
-    pytest.importorskip("robomimic", reason="robomimic is not installed (needed by upstream's hybrid image policies)")
-    common = (["task=pusht_image"] + _infra(tiny_zarr, NoopImageRunner, batch=4)
-              + TINY_IMAGE + ["policy.num_inference_steps=10", "checkpoint.save_last_ckpt=false"])
+    """train_diffusion_unet_hybrid_workspace (robomimic encoder built in __init__), task=pusht_image."""
+    pytest.importorskip(
+        "robomimic", reason="robomimic is not installed (needed by upstream's hybrid image policies)"
+    )
+    common = (
+        ["task=pusht_image"]
+        + _infra(tiny_zarr, NoopImageRunner, batch=4)
+        + TINY_IMAGE
+        + ["policy.num_inference_steps=10", "checkpoint.save_last_ckpt=false"]
+    )
     _assert_only_target_differs("train_diffusion_unet_hybrid_workspace", common, HYBRID)
     cfg = _compose("train_diffusion_unet_hybrid_workspace", common + [f"policy._target_={HYBRID}"])
     ws = _workspace(cfg, tmp_path / "run")
@@ -425,16 +476,24 @@ def test_hybrid_workspace_trains_and_predicts(tiny_zarr, zarr_reader, tmp_path):
     assert st["loss"] == pytest.approx(st["diffusion_loss"] + st["weight"] * st["penalty"], rel=1e-6)
     policy = ws.ema_model
     policy.eval()
-    ds = hydra.utils.instantiate(cfg.task.dataset)  # real observations (image, agent_pos) from upstream's dataset
+    ds = hydra.utils.instantiate(
+        cfg.task.dataset
+    )  # real observations (image, agent_pos) from upstream's dataset
     items = [ds[i]["obs"] for i in (0, 7)]
     obs = {k: torch.stack([it[k][: cfg.n_obs_steps] for it in items]) for k in ("image", "agent_pos")}
     with torch.no_grad():
         res = policy.predict_action(obs)
-    assert res["action"].shape == (2, cfg.n_action_steps, 2) and res["action_pred"].shape == (2, cfg.horizon, 2)
+    assert res["action"].shape == (2, cfg.n_action_steps, 2) and res["action_pred"].shape == (
+        2,
+        cfg.horizon,
+        2,
+    )
     assert torch.isfinite(res["action_pred"]).all()
     # an upstream-class state_dict loads strictly
     stock_cfg = copy.deepcopy(cfg.policy)
-    stock_cfg._target_ = "diffusion_policy.policy.diffusion_unet_hybrid_image_policy.DiffusionUnetHybridImagePolicy"
+    stock_cfg._target_ = (
+        "diffusion_policy.policy.diffusion_unet_hybrid_image_policy.DiffusionUnetHybridImagePolicy"
+    )
     stock = hydra.utils.instantiate(stock_cfg)
     ws.model.load_state_dict(stock.state_dict(), strict=True)
     stock.load_state_dict(ws.ema_model.state_dict(), strict=True)
@@ -442,9 +501,16 @@ def test_hybrid_workspace_trains_and_predicts(tiny_zarr, zarr_reader, tmp_path):
 
 def test_transformer_lowdim_workspace_runs(tiny_zarr, zarr_reader, tmp_path):
     """Transformer variant: dropout -> the penalty uses separate dropout-free passes; get_optimizer kept."""
-    overrides = (["task=pusht_lowdim", f"policy._target_={TRANSFORMER}"] + _infra(tiny_zarr, NoopLowdimRunner)
-                 + ["policy.model.n_layer=2", "policy.model.n_emb=32", "policy.model.n_head=2",
-                    "policy.num_inference_steps=10"])
+    overrides = (
+        ["task=pusht_lowdim", f"policy._target_={TRANSFORMER}"]
+        + _infra(tiny_zarr, NoopLowdimRunner)
+        + [
+            "policy.model.n_layer=2",
+            "policy.model.n_emb=32",
+            "policy.model.n_head=2",
+            "policy.num_inference_steps=10",
+        ]
+    )
     cfg = _compose("train_diffusion_transformer_lowdim_workspace", overrides)
     ws = _workspace(cfg, tmp_path / "run")
     assert type(ws.model) is cdp_dp.ContractiveDiffusionTransformerLowdimPolicy
@@ -540,9 +606,17 @@ def test_prediction_types_and_conditioning_modes(tiny_zarr, zarr_reader, pred):
         "steps_only": {"pred_action_steps_only": True},
     }
     for name, flags in modes.items():
-        overrides = (["task=pusht_lowdim", f"policy._target_={LOWDIM}", f"policy.noise_scheduler.prediction_type={pred}",
-                      "policy.num_inference_steps=8"]
-                     + [f"{k}={v}" for k, v in flags.items()] + _infra(tiny_zarr, NoopLowdimRunner) + TINY_LOWDIM)
+        overrides = (
+            [
+                "task=pusht_lowdim",
+                f"policy._target_={LOWDIM}",
+                f"policy.noise_scheduler.prediction_type={pred}",
+                "policy.num_inference_steps=8",
+            ]
+            + [f"{k}={v}" for k, v in flags.items()]
+            + _infra(tiny_zarr, NoopLowdimRunner)
+            + TINY_LOWDIM
+        )
         cfg = _compose("train_diffusion_unet_lowdim_workspace", overrides)
         torch.manual_seed(0)
         pol = hydra.utils.instantiate(cfg.policy)
@@ -572,10 +646,13 @@ def test_upstream_state_dict_loads_strictly(tiny_zarr, zarr_reader, tmp_path):
     _wait_saves(stock_ws)
     import dill
 
-    payload = torch.load(open(tmp_path / "stock" / "checkpoints" / "latest.ckpt", "rb"), pickle_module=dill,
-                         weights_only=False)
-    cdp_ws = _workspace(_compose("train_diffusion_unet_lowdim_workspace", base + [f"policy._target_={LOWDIM}"]),
-                        tmp_path / "cdp")
+    payload = torch.load(
+        open(tmp_path / "stock" / "checkpoints" / "latest.ckpt", "rb"), pickle_module=dill, weights_only=False
+    )
+    cdp_ws = _workspace(
+        _compose("train_diffusion_unet_lowdim_workspace", base + [f"policy._target_={LOWDIM}"]),
+        tmp_path / "cdp",
+    )
     cdp_ws.load_payload(payload)
     assert type(cdp_ws.model) is cdp_dp.ContractiveDiffusionUnetLowdimPolicy
     for a, b in zip(stock_ws.model.state_dict().values(), cdp_ws.ema_model.state_dict().values()):
@@ -586,11 +663,12 @@ def test_upstream_state_dict_loads_strictly(tiny_zarr, zarr_reader, tmp_path):
 # shipped example configs: same as upstream except policy._target_ and CDP keys; they compose and build
 # ------------------------------------------------------------------------------------------------------
 
+_UP = "diffusion_policy/config/"
 _EXAMPLES = {
-    "train_cdp_unet_lowdim_workspace.yaml": "diffusion_policy/config/train_diffusion_unet_lowdim_workspace.yaml",
-    "train_cdp_unet_ddim_lowdim_workspace.yaml": "diffusion_policy/config/train_diffusion_unet_ddim_lowdim_workspace.yaml",
-    "train_cdp_unet_hybrid_workspace.yaml": "diffusion_policy/config/train_diffusion_unet_hybrid_workspace.yaml",
-    "train_cdp_unet_image_workspace.yaml": "diffusion_policy/config/train_diffusion_unet_image_workspace.yaml",
+    "train_cdp_unet_lowdim_workspace.yaml": _UP + "train_diffusion_unet_lowdim_workspace.yaml",
+    "train_cdp_unet_ddim_lowdim_workspace.yaml": _UP + "train_diffusion_unet_ddim_lowdim_workspace.yaml",
+    "train_cdp_unet_hybrid_workspace.yaml": _UP + "train_diffusion_unet_hybrid_workspace.yaml",
+    "train_cdp_unet_image_workspace.yaml": _UP + "train_diffusion_unet_image_workspace.yaml",
     "image_pusht_cdp_cnn.yaml": "image_pusht_diffusion_policy_cnn.yaml",
 }
 
@@ -606,14 +684,18 @@ def test_example_configs_differ_from_upstream_only_by_target(mine, theirs):
     assert a == b
     target = pa.pop("_target_")
     old = pb.pop("_target_")
-    assert target.startswith("cdp_plugin.diffusion_policy.Contractive") and old.endswith(target.rsplit(".Contractive", 1)[1])
+    assert target.startswith("cdp_plugin.diffusion_policy.Contractive") and old.endswith(
+        target.rsplit(".Contractive", 1)[1]
+    )
     extra = {k: pa.pop(k) for k in list(pa) if k.startswith("contraction_") or k == "sampler"}
     assert extra and pa == pb
 
 
 def test_example_lowdim_config_composes_with_upstream_tasks(tiny_zarr, zarr_reader, tmp_path):
     """``--config-dir=policy_configs/diffusion_policy``: our config, upstream's task group."""
-    overrides = [f"hydra.searchpath=[file://{UPSTREAM_CFG}]"] + _infra(tiny_zarr, NoopLowdimRunner) + TINY_LOWDIM
+    overrides = (
+        [f"hydra.searchpath=[file://{UPSTREAM_CFG}]"] + _infra(tiny_zarr, NoopLowdimRunner) + TINY_LOWDIM
+    )
     cfg = _compose("train_cdp_unet_lowdim_workspace", overrides, config_dir=EXAMPLES)
     assert cfg.task.name == "pusht_lowdim"
     ws = _workspace(cfg, tmp_path)
@@ -627,9 +709,20 @@ def test_launcher_composes_upstream_config_with_the_one_line_override(tmp_path):
     import sys
 
     r = subprocess.run(
-        [sys.executable, "-m", "cdp_plugin.diffusion_policy.train", "--config-name=train_diffusion_unet_lowdim_workspace",
-         "task=pusht_lowdim", f"policy._target_={LOWDIM}", "--cfg", "job"],
-        capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+        [
+            sys.executable,
+            "-m",
+            "cdp_plugin.diffusion_policy.train",
+            "--config-name=train_diffusion_unet_lowdim_workspace",
+            "task=pusht_lowdim",
+            f"policy._target_={LOWDIM}",
+            "--cfg",
+            "job",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
     )
     assert r.returncode == 0, r.stderr[-3000:]

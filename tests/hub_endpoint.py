@@ -4,7 +4,7 @@ It implements the small part of the Hub's HTTP API that ``huggingface_hub`` 1.x 
 ``push_model_to_hub`` / processor ``push_to_hub`` and for ``hf_hub_download`` (model repos only):
 
 =========================================================  =================================================
-``POST /api/repos/create``                                 ``HfApi.create_repo`` (``{"name", "organization"}``)
+``POST /api/repos/create``                                 ``HfApi.create_repo`` (name, organization)
 ``POST /api/models/<repo>/preupload/<rev>``                upload modes: every file ``regular`` (no LFS / Xet)
 ``POST /api/models/<repo>/commit/<rev>``                   NDJSON commit: ``header``, ``file`` (base64),
                                                            ``deletedFile``
@@ -89,7 +89,9 @@ class HubEndpoint:
                     repo.files.pop(value["path"], None)
                     h.update(b"-" + value["path"].encode())
                 elif key not in ("header",):
-                    raise ValueError(f"unsupported commit operation {key!r} (only regular files are stood in for)")
+                    raise ValueError(
+                        f"unsupported commit operation {key!r} (only regular files are stood in for)"
+                    )
             repo.commits.append(h.hexdigest())
             return repo.sha
 
@@ -137,7 +139,9 @@ def _make_handler(hub: HubEndpoint):
                 m = re.match(r"^---\n(.*?)\n---\n", content, re.S)
                 meta = yaml.safe_load(m.group(1)) if m else None
                 if not isinstance(meta, dict):
-                    return self._json(400, {"errors": [{"message": "no YAML metadata block"}], "warnings": []})
+                    return self._json(
+                        400, {"errors": [{"message": "no YAML metadata block"}], "warnings": []}
+                    )
                 hub.validated_cards.append(content)
                 return self._json(200, {"errors": [], "warnings": []})
             m = re.fullmatch(rf"/api/models/{_REPO}/(?P<op>preupload|commit)/(?P<rev>.+)", path)
@@ -147,19 +151,45 @@ def _make_handler(hub: HubEndpoint):
                     return self._not_found("RepoNotFound")
                 if m["op"] == "preupload":
                     files = json.loads(body)["files"]
-                    return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                       "shouldIgnore": False, "oid": None} for f in files]})
+                    return self._json(
+                        200,
+                        {
+                            "files": [
+                                {
+                                    "path": f["path"],
+                                    "uploadMode": "regular",
+                                    "shouldIgnore": False,
+                                    "oid": None,
+                                }
+                                for f in files
+                            ]
+                        },
+                    )
                 lines = [json.loads(line) for line in body.splitlines() if line.strip()]
                 sha = hub.commit(repo_id, lines)
-                return self._json(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{sha}", "commitOid": sha,
-                                        "pullRequestUrl": None})
+                return self._json(
+                    200,
+                    {
+                        "commitUrl": f"{hub.url}/{repo_id}/commit/{sha}",
+                        "commitOid": sha,
+                        "pullRequestUrl": None,
+                    },
+                )
             m = re.fullmatch(rf"/api/models/{_REPO}(/revision/(?P<rev>.+))?", path)
             if method == "GET" and m:
                 repo = hub.repos.get(m["repo"])
                 if repo is None:
                     return self._not_found("RepoNotFound")
-                return self._json(200, {"id": m["repo"], "modelId": m["repo"], "sha": repo.sha, "private": False,
-                                        "siblings": [{"rfilename": p} for p in sorted(repo.files)]})
+                return self._json(
+                    200,
+                    {
+                        "id": m["repo"],
+                        "modelId": m["repo"],
+                        "sha": repo.sha,
+                        "private": False,
+                        "siblings": [{"rfilename": p} for p in sorted(repo.files)],
+                    },
+                )
             m = re.fullmatch(rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path)
             if method in ("HEAD", "GET") and m:
                 head = method == "HEAD"
@@ -170,8 +200,16 @@ def _make_handler(hub: HubEndpoint):
                 if data is None:
                     return self._not_found("EntryNotFound", head)
                 etag = hashlib.sha256(data).hexdigest()
-                return self._send(200, data, {"Content-Type": "application/octet-stream", "X-Repo-Commit": repo.sha,
-                                              "ETag": f'"{etag}"'}, head=head)
+                return self._send(
+                    200,
+                    data,
+                    {
+                        "Content-Type": "application/octet-stream",
+                        "X-Repo-Commit": repo.sha,
+                        "ETag": f'"{etag}"',
+                    },
+                    head=head,
+                )
             hub.unhandled.append((method, path))
             return self._not_found("NotImplementedByTestEndpoint", method == "HEAD")
 

@@ -53,7 +53,11 @@ def _write_dataset(root: Path, n_episodes: int = 2, length: int = 30, seed: int 
 
     features = {
         "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
-        "observation.images.front": {"dtype": "image", "shape": IMG, "names": ["height", "width", "channels"]},
+        "observation.images.front": {
+            "dtype": "image",
+            "shape": IMG,
+            "names": ["height", "width", "channels"],
+        },
         "action": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
     }
     ds = LeRobotDataset.create(repo_id="local/replay", fps=10, features=features, root=root, use_videos=False)
@@ -65,8 +69,14 @@ def _write_dataset(root: Path, n_episodes: int = 2, length: int = 30, seed: int 
             img = np.zeros(IMG, dtype=np.uint8)
             cx, cy = (pos * (IMG[0] - 1)).astype(int)
             img[max(cy - 2, 0) : cy + 2, max(cx - 2, 0) : cx + 2] = 255
-            ds.add_frame({"observation.state": pos.astype(np.float32), "observation.images.front": img,
-                          "action": act.astype(np.float32), "task": "reach"})
+            ds.add_frame(
+                {
+                    "observation.state": pos.astype(np.float32),
+                    "observation.images.front": img,
+                    "action": act.astype(np.float32),
+                    "task": "reach",
+                }
+            )
             pos = act + rng.normal(0, 0.01, size=2)
         ds.save_episode()
     ds.finalize()
@@ -74,14 +84,22 @@ def _write_dataset(root: Path, n_episodes: int = 2, length: int = 30, seed: int 
 
 
 def _train_checkpoint(ds, out: Path, steps: int = 3) -> Path:
-    """A few optimiser steps of cdp with LeRobot's factories, saved as lerobot-train saves pretrained_model."""
+    """A few optimiser steps of cdp with LeRobot's factories, saved as lerobot-train saves a checkpoint."""
     from lerobot.datasets.factory import resolve_delta_timestamps
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from lerobot.policies.factory import make_policy, make_policy_config, make_pre_post_processors
 
-    cfg = make_policy_config("cdp", push_to_hub=False, device="cpu", pretrained_backbone_weights=None,
-                             horizon=16, n_action_steps=ACTIONS_PER_CHUNK, down_dims=(32, 64),
-                             diffusion_step_embed_dim=32, num_inference_steps=4)
+    cfg = make_policy_config(
+        "cdp",
+        push_to_hub=False,
+        device="cpu",
+        pretrained_backbone_weights=None,
+        horizon=16,
+        n_action_steps=ACTIONS_PER_CHUNK,
+        down_dims=(32, 64),
+        diffusion_step_embed_dim=32,
+        num_inference_steps=4,
+    )
     policy = make_policy(cfg, ds_meta=ds.meta)
     pre, post = make_pre_post_processors(cfg, dataset_stats=ds.meta.stats)
     train = LeRobotDataset(ds.repo_id, root=ds.root, delta_timestamps=resolve_delta_timestamps(cfg, ds.meta))
@@ -181,7 +199,9 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"cdp-policy-server exited with {proc.returncode}:\n{proc.stdout.read()[-6000:]}")
+            raise AssertionError(
+                f"cdp-policy-server exited with {proc.returncode}:\n{proc.stdout.read()[-6000:]}"
+            )
         with socket.socket() as s:
             s.settimeout(0.5)
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -215,9 +235,20 @@ def test_policy_server_serves_cdp_to_lerobot_robot_client(tmp_path, monkeypatch)
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
-        [str(VENV_BIN / "cdp-policy-server"), "--host=127.0.0.1", f"--port={port}", "--fps=30",
-         "--inference_latency=0", "--obs_queue_timeout=1"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            str(VENV_BIN / "cdp-policy-server"),
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--fps=30",
+            "--inference_latency=0",
+            "--obs_queue_timeout=1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         _wait_port(port, server, timeout=120)
         from lerobot.async_inference import robot_client
@@ -225,9 +256,17 @@ def test_policy_server_serves_cdp_to_lerobot_robot_client(tmp_path, monkeypatch)
 
         robot = ReplayRobot(ReplayRobotConfig(id="replay", calibration_dir=tmp_path / "calib"), frames)
         monkeypatch.setattr(robot_client, "make_robot_from_config", lambda cfg: robot)
-        cfg = RobotClientConfig(policy_type="cdp", pretrained_name_or_path=str(ckpt), robot=robot.config,
-                                actions_per_chunk=ACTIONS_PER_CHUNK, server_address=f"127.0.0.1:{port}",
-                                policy_device="cpu", fps=30, chunk_size_threshold=0.5, task="reach")
+        cfg = RobotClientConfig(
+            policy_type="cdp",
+            pretrained_name_or_path=str(ckpt),
+            robot=robot.config,
+            actions_per_chunk=ACTIONS_PER_CHUNK,
+            server_address=f"127.0.0.1:{port}",
+            policy_device="cpu",
+            fps=30,
+            chunk_size_threshold=0.5,
+            task="reach",
+        )
         client = robot_client.RobotClient(cfg)
         chunks: list[list] = []
         aggregate = client._aggregate_action_queues
@@ -252,7 +291,11 @@ def test_policy_server_serves_cdp_to_lerobot_robot_client(tmp_path, monkeypatch)
     finally:
         server.kill()
         log = server.communicate(timeout=30)[0]
-    assert len(chunks) >= 2 and len(robot.sent) >= ACTIONS_PER_CHUNK + 2, (len(chunks), len(robot.sent), log[-6000:])
+    assert len(chunks) >= 2 and len(robot.sent) >= ACTIONS_PER_CHUNK + 2, (
+        len(chunks),
+        len(robot.sent),
+        log[-6000:],
+    )
     assert "Policy type: cdp" in log
     for chunk in chunks:
         assert len(chunk) == ACTIONS_PER_CHUNK

@@ -69,12 +69,24 @@ def ensure_side_dir() -> Path:
             return side
         tmp = side.parent / f".{side.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-               "--target", str(tmp), *SIDE_REQUIREMENTS]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+            str(tmp),
+            *SIDE_REQUIREMENTS,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
-            raise AssertionError(f"side install for the upstream diffusion_policy tests failed ({' '.join(cmd)}); "
-                                 f"it needs PyPI once:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+            raise AssertionError(
+                f"side install for the upstream diffusion_policy tests failed ({' '.join(cmd)}); "
+                f"it needs PyPI once:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+            )
         (tmp / ".requirements").write_text(wanted)
         shutil.rmtree(side, ignore_errors=True)
         tmp.rename(side)
@@ -85,12 +97,16 @@ def ensure_side_dir() -> Path:
 def dp_side_env() -> dict[str, str]:
     root = upstream_root()
     if root is None:
-        pytest.skip(f"upstream diffusion_policy not found at {REPO / '..' / 'shared' / 'upstream' / UPSTREAM_NAME} "
-                    "(../shared is absent) and $CDP_DP_UPSTREAM is unset: the upstream swap tests cannot run")
+        pytest.skip(
+            f"upstream diffusion_policy not found at {REPO / '..' / 'shared' / 'upstream' / UPSTREAM_NAME} "
+            "(../shared is absent) and $CDP_DP_UPSTREAM is unset: the upstream swap tests cannot run"
+        )
     side = ensure_side_dir()
     env = dict(os.environ)
     env.update(
-        PYTHONPATH=os.pathsep.join([str(side), str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
+        PYTHONPATH=os.pathsep.join(
+            [str(side), str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        ),
         CDP_DP_SIDE_ENV="1",
         HF_HUB_OFFLINE="1",
         WANDB_MODE="disabled",
@@ -117,8 +133,20 @@ def test_diffusion_policy_extra_matches_side_install():
 
 def test_upstream_cases_run_in_side_environment(dp_side_env):
     """Run ``tests/dp_upstream_cases.py`` against upstream + zarr 2 + robomimic 0.2.0; all must run."""
-    cmd = [sys.executable, "-m", "pytest", str(CASES), "-p", "no:zarr", "-p", "no:cacheprovider", "-v", "-ra",
-           "--durations=5", *os.environ.get("CDP_DP_PYTEST_ARGS", "").split()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(CASES),
+        "-p",
+        "no:zarr",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+        "-ra",
+        "--durations=5",
+        *os.environ.get("CDP_DP_PYTEST_ARGS", "").split(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dp_side_env, cwd=str(REPO), timeout=1200)
     out = proc.stdout + proc.stderr
     tail = "\n".join(out.splitlines()[-40:])
@@ -128,6 +156,11 @@ def test_upstream_cases_run_in_side_environment(dp_side_env):
     assert passed and int(passed.group(1)) >= 15, tail
     skips = re.findall(r"SKIPPED \[\d+\] [^\n]*", out)
     assert all(ALLOWED_SKIP in s for s in skips), f"upstream cases skipped instead of running: {skips}"
-    assert re.search(r"test_side_environment_versions PASSED", out), "the cases did not run on the side packages"
-    for case in ("test_lowdim_workspace_trains_checkpoints_and_reloads", "test_hybrid_workspace_trains_and_predicts"):
+    assert re.search(r"test_side_environment_versions PASSED", out), (
+        "the cases did not run on the side packages"
+    )
+    for case in (
+        "test_lowdim_workspace_trains_checkpoints_and_reloads",
+        "test_hybrid_workspace_trains_and_predicts",
+    ):
         assert re.search(rf"{case} PASSED", out), f"{case} did not run"

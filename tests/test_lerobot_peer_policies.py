@@ -65,8 +65,14 @@ DEVICE = "cpu"
 _ALL_POLICIES = ["cdp"]
 AVAILABLE_POLICIES = _ALL_POLICIES
 OFFLINE = {"pretrained_backbone_weights": None}
-SMALL = {**OFFLINE, "down_dims": (32, 64), "diffusion_step_embed_dim": 32, "horizon": 16, "n_action_steps": 8,
-         "num_inference_steps": 4}
+SMALL = {
+    **OFFLINE,
+    "down_dims": (32, 64),
+    "diffusion_step_embed_dim": 32,
+    "horizon": 16,
+    "n_action_steps": 8,
+    "num_inference_steps": 4,
+}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -119,13 +125,19 @@ def test_cdp_classes_and_annotations_resolve():
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
-    from cdp_plugin.policy import ContractiveDiffusionConfig, ContractiveDiffusionPolicy, make_cdp_pre_post_processors
+    from cdp_plugin.policy import (
+        ContractiveDiffusionConfig,
+        ContractiveDiffusionPolicy,
+        make_cdp_pre_post_processors,
+    )
 
     assert "cdp" in PreTrainedConfig.get_known_choices()
     assert PreTrainedConfig.get_choice_class("cdp") is ContractiveDiffusionConfig
     assert get_policy_class("cdp") is ContractiveDiffusionPolicy
-    assert issubclass(ContractiveDiffusionPolicy, DiffusionPolicy) and issubclass(ContractiveDiffusionConfig, DiffusionConfig)
-    assert ContractiveDiffusionPolicy.config_class is ContractiveDiffusionConfig and ContractiveDiffusionPolicy.name == "cdp"
+    assert issubclass(ContractiveDiffusionPolicy, DiffusionPolicy)
+    assert issubclass(ContractiveDiffusionConfig, DiffusionConfig)
+    assert ContractiveDiffusionPolicy.config_class is ContractiveDiffusionConfig
+    assert ContractiveDiffusionPolicy.name == "cdp"
     cfg = make_policy_config("cdp")
     assert type(cfg) is ContractiveDiffusionConfig and cfg.type == "cdp"
     # the annotations are classes at runtime (no `from __future__ import annotations` strings) and resolve
@@ -135,11 +147,12 @@ def test_cdp_classes_and_annotations_resolve():
     from cdp_plugin.policy.modeling_cdp import ContractiveDiffusionModel
 
     assert typing.get_type_hints(ContractiveDiffusionModel.__init__)["config"] is ContractiveDiffusionConfig
-    # the factory's naming conventions: configuration_ -> modeling_ / processor_, make_<type>_pre_post_processors
-    assert ContractiveDiffusionConfig.__module__.replace("configuration_", "modeling_") == ContractiveDiffusionPolicy.__module__
+    # the factory's conventions: configuration_ -> modeling_ / processor_, make_<type>_pre_post_processors
+    cfg_module = ContractiveDiffusionConfig.__module__
+    assert cfg_module.replace("configuration_", "modeling_") == ContractiveDiffusionPolicy.__module__
     import importlib
 
-    proc_mod = importlib.import_module(ContractiveDiffusionConfig.__module__.replace("configuration_", "processor_"))
+    proc_mod = importlib.import_module(cfg_module.replace("configuration_", "processor_"))
     assert getattr(proc_mod, "make_cdp_pre_post_processors") is make_cdp_pre_post_processors
 
 
@@ -335,10 +348,10 @@ def test_multikey_construction(multikey: bool):
     action_condition = config.action_feature == output_features[ACTION]
 
     assert state_condition, (
-        f"Discrepancy detected. Robot state feature is {config.robot_state_feature} but policy expects {input_features[OBS_STATE]}"
+        f"Discrepancy detected. Robot state feature is {config.robot_state_feature} but policy expects {input_features[OBS_STATE]}"  # noqa: E501
     )
     assert action_condition, (
-        f"Discrepancy detected. Action feature is {config.action_feature} but policy expects {output_features[ACTION]}"
+        f"Discrepancy detected. Action feature is {config.action_feature} but policy expects {output_features[ACTION]}"  # noqa: E501
     )
 
 
@@ -353,11 +366,17 @@ def pusht_peer_dataset(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("peer") / "pusht_peer"
     features = {
-        "observation.image": {"dtype": "image", "shape": (96, 96, 3), "names": ["height", "width", "channels"]},
+        "observation.image": {
+            "dtype": "image",
+            "shape": (96, 96, 3),
+            "names": ["height", "width", "channels"],
+        },
         "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
         "action": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
     }
-    ds = LeRobotDataset.create(repo_id="local/pusht_peer", fps=10, features=features, root=root, use_videos=False)
+    ds = LeRobotDataset.create(
+        repo_id="local/pusht_peer", fps=10, features=features, root=root, use_videos=False
+    )
     rng = np.random.default_rng(0)
     for _ in range(2):
         pos = rng.uniform(100, 400, size=2).astype(np.float32)

@@ -344,7 +344,7 @@ def test_diffusion_processor_batch_consistency():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 def test_diffusion_processor_bfloat16_device_float32_normalizer():
-    """Test: DeviceProcessor(bfloat16) + NormalizerProcessor(float32) → output bfloat16 via automatic adaptation"""
+    """Test: DeviceProcessor(bfloat16) + NormalizerProcessor(float32) → output bfloat16 via automatic adaptation"""  # noqa: E501
     config = create_default_config()
     config.device = "cuda"
     stats = create_default_stats()

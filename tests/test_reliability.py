@@ -2,7 +2,8 @@
 non-finite is saved or served, resume restores the plugin's own state, checkpoints cannot run code.
 
 One test per numbered defect of issue 12 owned here (2, 3, 4, 7, 8, 11) plus a fault-injection test that
-SIGKILLs ``lerobot-train`` in the middle of writing a checkpoint. Tiny nets, a few steps (docs/reliability.md).
+SIGKILLs ``lerobot-train`` in the middle of writing a checkpoint. Tiny nets, a few steps
+(docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -18,19 +19,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_POLICY, VENV_BIN, cli_env, run_cli
 from safetensors.torch import load_file, save_file
 
 import lerobot_policy_cdp  # noqa: F401  (registers cdp, as LeRobot's plugin discovery does)
 from cdp_plugin.policy import ContractiveDiffusionConfig, ContractiveDiffusionPolicy
 from cdp_plugin.policy.guards import NonFiniteError, ObservationError
 from cdp_plugin.policy.safe_load import CheckpointMismatchError, UnsafeCheckpointError
-from conftest import SMALL_POLICY, VENV_BIN, cli_env, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests" / "scripts" / "lerobot_train_probe.py"
 TRAIN = [
-    "--policy.type=cdp", *SMALL_POLICY, "--dataset.repo_id=local/pusht_like", "--batch_size=8", "--num_workers=0",
-    "--wandb.enable=false", "--seed=1",
+    "--policy.type=cdp",
+    *SMALL_POLICY,
+    "--dataset.repo_id=local/pusht_like",
+    "--batch_size=8",
+    "--num_workers=0",
+    "--wandb.enable=false",
+    "--seed=1",
 ]
 OBS = {"observation.state": torch.rand(1, 2), "observation.environment_state": torch.rand(1, 16)}
 
@@ -39,12 +45,17 @@ def tiny_policy(**kw) -> ContractiveDiffusionPolicy:
     from lerobot.configs.types import FeatureType, PolicyFeature
 
     cfg = ContractiveDiffusionConfig(
-        device="cpu", horizon=16, n_action_steps=8, down_dims=(32, 64), diffusion_step_embed_dim=32,
+        device="cpu",
+        horizon=16,
+        n_action_steps=8,
+        down_dims=(32, 64),
+        diffusion_step_embed_dim=32,
         input_features={
             "observation.state": PolicyFeature(FeatureType.STATE, (2,)),
             "observation.environment_state": PolicyFeature(FeatureType.ENV, (16,)),
         },
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))}, **kw,
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        **kw,
     )
     return ContractiveDiffusionPolicy(cfg).eval()
 
@@ -70,14 +81,23 @@ def test_2_non_finite_loss_stops_training_and_no_nan_checkpoint(pusht_like_datas
     """The issue's command line (contraction_loss=none: ``test_2_loss_guard_names_step_and_term``)."""
     out = tmp_path / "run"
     proc = run_cli(
-        "lerobot-train", *TRAIN, f"--dataset.root={pusht_like_dataset}", f"--output_dir={out}",
-        "--policy.optimizer_lr=1e6", "--policy.contraction_every=1000",
-        "--steps=20", "--save_freq=1", "--log_freq=5", check=False,
+        "lerobot-train",
+        *TRAIN,
+        f"--dataset.root={pusht_like_dataset}",
+        f"--output_dir={out}",
+        "--policy.optimizer_lr=1e6",
+        "--policy.contraction_every=1000",
+        "--steps=20",
+        "--save_freq=1",
+        "--log_freq=5",
+        check=False,
     )
     log = stderr_of(proc)
     assert proc.returncode == 1, log[-3000:]
     line = next(ln for ln in log.splitlines() if "error: cdp: non-finite" in ln)
-    assert "at training step" in line and any(t in line for t in ("diffusion_loss", "contraction_penalty", "total"))
+    assert "at training step" in line and any(
+        t in line for t in ("diffusion_loss", "contraction_penalty", "total")
+    )
     assert not has_traceback(log)
     for ckpt in sorted((out / "checkpoints").glob("0*")):  # every checkpoint written holds finite weights
         weights = load_file(ckpt / "pretrained_model" / "model.safetensors")
@@ -96,8 +116,10 @@ def test_2_loss_guard_names_step_and_term():
     policy = tiny_policy(contraction_loss="none")
     policy.train()
     batch = {
-        "observation.state": torch.rand(4, 2, 2), "observation.environment_state": torch.rand(4, 2, 16),
-        "action": torch.rand(4, 16, 2), "action_is_pad": torch.zeros(4, 16, dtype=torch.bool),
+        "observation.state": torch.rand(4, 2, 2),
+        "observation.environment_state": torch.rand(4, 2, 16),
+        "action": torch.rand(4, 16, 2),
+        "action_is_pad": torch.zeros(4, 16, dtype=torch.bool),
     }
     policy.forward(dict(batch))
     nan_first_weight(policy)
@@ -151,7 +173,7 @@ def test_4_loading_refuses_incomplete_or_non_finite_weights(tmp_path):
         bad.mkdir()
         (bad / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
         w = dict(weights)
-        key = sorted(w)[0]
+        key = min(w)
         if case == "missing":
             del w[key]
         else:
@@ -169,8 +191,18 @@ def test_4_from_pretrained_on_a_diffusion_checkpoint_is_a_warm_start(tmp_path, c
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
     src = tiny_policy()
-    kw = {k: getattr(src.config, k) for k in ("device", "horizon", "n_action_steps", "down_dims", "diffusion_step_embed_dim",
-                                               "input_features", "output_features")}
+    kw = {
+        k: getattr(src.config, k)
+        for k in (
+            "device",
+            "horizon",
+            "n_action_steps",
+            "down_dims",
+            "diffusion_step_embed_dim",
+            "input_features",
+            "output_features",
+        )
+    }
     dp = DiffusionPolicy(DiffusionConfig(**kw))
     dp.save_pretrained(tmp_path / "dp")
     assert json.loads((tmp_path / "dp" / "config.json").read_text())["type"] == "diffusion"
@@ -188,9 +220,19 @@ def killed_and_resumed(pusht_like_dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kill")
     out, probe = tmp / "run", tmp / "probe.jsonl"
     env = cli_env() | {"CDP_PROBE_FILE": str(probe), "CDP_PROBE_HANG_AT": "8"}
-    args = [*TRAIN, f"--dataset.root={pusht_like_dataset}", f"--output_dir={out}", "--policy.contraction_every=3",
-            "--policy.contraction_diag_every=0", "--steps=10", "--save_freq=4", "--log_freq=1"]
-    proc = subprocess.Popen([sys.executable, str(PROBE), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    args = [
+        *TRAIN,
+        f"--dataset.root={pusht_like_dataset}",
+        f"--output_dir={out}",
+        "--policy.contraction_every=3",
+        "--policy.contraction_diag_every=0",
+        "--steps=10",
+        "--save_freq=4",
+        "--log_freq=1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(PROBE), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 300
     while not Path(f"{probe}.hang").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-3000:]
@@ -202,10 +244,14 @@ def killed_and_resumed(pusht_like_dataset, tmp_path_factory):
     env["CDP_PROBE_HANG_AT"] = "-1"
     resumed = subprocess.run(
         [sys.executable, str(PROBE), f"--config_path={cfg}", "--resume=true", "--steps=12", "--log_freq=1"],
-        env=env, capture_output=True, text=True, timeout=600,
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, stderr_of(resumed)[-4000:]
-    after = [json.loads(ln) for ln in probe.read_text().splitlines()][len(before):]
+    after = [json.loads(ln) for ln in probe.read_text().splitlines()][len(before) :]
     return out, before, after, stderr_of(resumed)
 
 
@@ -225,7 +271,14 @@ def test_7_missing_or_empty_dataset_says_so(tmp_path):
     assert "is empty (0 episodes)" in dataset_problem(tmp_path, "local/x")
     root = tmp_path / "empty"
     root.mkdir()
-    proc = run_cli("lerobot-train", *TRAIN, f"--dataset.root={root}", f"--output_dir={tmp_path / 'o'}", "--steps=2", check=False)
+    proc = run_cli(
+        "lerobot-train",
+        *TRAIN,
+        f"--dataset.root={root}",
+        f"--output_dir={tmp_path / 'o'}",
+        "--steps=2",
+        check=False,
+    )
     log = stderr_of(proc)
     assert proc.returncode == 1 and "OfflineModeIsEnabled" not in log and not has_traceback(log), log[-3000:]
     last = log.strip().splitlines()[-1]
@@ -234,8 +287,15 @@ def test_7_missing_or_empty_dataset_says_so(tmp_path):
 
 def test_7_ctrl_c_says_how_to_resume(pusht_like_dataset, tmp_path):
     out = tmp_path / "run"
-    cmd = [str(VENV_BIN / "lerobot-train"), *TRAIN, f"--dataset.root={pusht_like_dataset}", f"--output_dir={out}",
-           "--steps=100000", "--save_freq=2", "--log_freq=1"]
+    cmd = [
+        str(VENV_BIN / "lerobot-train"),
+        *TRAIN,
+        f"--dataset.root={pusht_like_dataset}",
+        f"--output_dir={out}",
+        "--steps=100000",
+        "--save_freq=2",
+        "--log_freq=1",
+    ]
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (out / "checkpoints" / "last" / "training_state" / "training_step.json").exists():
@@ -243,10 +303,13 @@ def test_7_ctrl_c_says_how_to_resume(pusht_like_dataset, tmp_path):
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
     assert not has_traceback(stderr)
-    assert f"--config_path={out / 'checkpoints' / 'last' / 'pretrained_model' / 'train_config.json'} --resume=true" in stderr
+    assert (
+        f"--config_path={out / 'checkpoints/last/pretrained_model/train_config.json'} --resume=true"
+        in stderr
+    )
 
 
 # ---------------------------------------------------------------------------------------------- item 8
@@ -254,8 +317,14 @@ def test_8_use_amp_on_cpu_is_announced_once_and_effective(pusht_like_dataset, tm
     from accelerate import Accelerator
 
     proc = run_cli(
-        "lerobot-train", *TRAIN, f"--dataset.root={pusht_like_dataset}", f"--output_dir={tmp_path / 'amp'}",
-        "--policy.use_amp=true", "--steps=2", "--log_freq=1", "--save_freq=100",
+        "lerobot-train",
+        *TRAIN,
+        f"--dataset.root={pusht_like_dataset}",
+        f"--output_dir={tmp_path / 'amp'}",
+        "--policy.use_amp=true",
+        "--steps=2",
+        "--log_freq=1",
+        "--save_freq=100",
     )
     assert stderr_of(proc).count("--policy.use_amp=true on CPU: lerobot-train autocasts to bfloat16") == 1
     # what lerobot-train does with use_amp on CPU (mixed_precision = torch's CPU autocast dtype): the UNet
@@ -263,9 +332,12 @@ def test_8_use_amp_on_cpu_is_announced_once_and_effective(pusht_like_dataset, tm
     policy = tiny_policy()
     policy.train()
     batch = {
-        "observation.state": torch.rand(4, 2, 2), "observation.environment_state": torch.rand(4, 2, 16),
-        "action": torch.rand(4, 16, 2), "action_is_pad": torch.zeros(4, 16, dtype=torch.bool),
-        "cdp.noise": torch.randn(4, 16, 2), "cdp.timesteps": torch.tensor([5, 30, 60, 90]),
+        "observation.state": torch.rand(4, 2, 2),
+        "observation.environment_state": torch.rand(4, 2, 16),
+        "action": torch.rand(4, 16, 2),
+        "action_is_pad": torch.zeros(4, 16, dtype=torch.bool),
+        "cdp.noise": torch.randn(4, 16, 2),
+        "cdp.timesteps": torch.tensor([5, 30, 60, 90]),
     }
     dtypes = []
     policy.diffusion.unet.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
@@ -291,7 +363,9 @@ def hostile_checkpoint(tmp_path) -> tuple[Path, Path]:
     post.save_pretrained(ckpt)
     path = ckpt / "policy_preprocessor.json"
     cfg = json.loads(path.read_text())
-    cfg["steps"].insert(0, {"class": "subprocess.Popen", "config": {"args": f"touch {marker}", "shell": True}})
+    cfg["steps"].insert(
+        0, {"class": "subprocess.Popen", "config": {"args": f"touch {marker}", "shell": True}}
+    )
     path.write_text(json.dumps(cfg))
     return ckpt, marker
 
@@ -309,7 +383,9 @@ def test_11_cdp_loaders_refuse_processor_steps_outside_the_registry(tmp_path):
         "bench probe": lambda: load_policy(ckpt, ProbeSettings()),
     }
     for name, call in calls.items():
-        with pytest.raises(UnsafeCheckpointError, match=r"step 0 names a Python class \('subprocess.Popen'\)"):
+        with pytest.raises(
+            UnsafeCheckpointError, match=r"step 0 names a Python class \('subprocess.Popen'\)"
+        ):
             call()
         assert not marker.exists(), name
     assert not (tmp_path / "converted").exists()

@@ -87,7 +87,11 @@ def check_finite_loss(step: int, terms: Mapping[str, Tensor], hint: str = "") ->
 
 def check_finite_tensors(named: Iterable[tuple[str, Tensor]], where: str) -> None:
     """Raise :class:`NonFiniteError` if any tensor is NaN / inf; names the first one and ``where``."""
-    bad = [(k, int((~torch.isfinite(t)).sum())) for k, t in named if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = [
+        (k, int((~torch.isfinite(t)).sum()))
+        for k, t in named
+        if t.is_floating_point() and not torch.isfinite(t).all()
+    ]
     if bad:
         k, n = bad[0]
         more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
@@ -122,15 +126,19 @@ def check_observation(config, batch: Mapping, dtype: torch.dtype, device: torch.
             try:
                 x = torch.as_tensor(x)
             except (TypeError, ValueError, RuntimeError):
-                raise ObservationError(f"cdp: observation '{key}' must be a tensor or array, got {type(x).__name__}") from None
-        if tuple(x.shape[-len(shape):]) != shape or x.dim() not in (len(shape) + 1, len(shape) + 2):
+                raise ObservationError(
+                    f"cdp: observation '{key}' must be a tensor or array, got {type(x).__name__}"
+                ) from None
+        if tuple(x.shape[-len(shape) :]) != shape or x.dim() not in (len(shape) + 1, len(shape) + 2):
             raise ObservationError(
-                f"cdp: observation '{key}' has shape {tuple(x.shape)}; the policy expects (batch, {', '.join(map(str, shape))})"
+                f"cdp: observation '{key}' has shape {tuple(x.shape)}; the policy expects "
+                f"(batch, {', '.join(map(str, shape))})"
                 f" -- the feature shape {shape} it was trained on"
             )
         if key in config.image_features and not x.is_floating_point():
             raise ObservationError(
-                f"cdp: image '{key}' is {x.dtype}; pass float images in [0, 1] (LeRobot's preprocess_observation does)"
+                f"cdp: image '{key}' is {x.dtype}; pass float images in [0, 1] "
+                "(LeRobot's preprocess_observation does)"
             )
         if x.dtype != dtype:
             x = x.to(dtype)
@@ -139,7 +147,8 @@ def check_observation(config, batch: Mapping, dtype: torch.dtype, device: torch.
         peak = x.abs().max().item() if x.numel() else 0.0
         if peak > OBS_ABS_LIMIT:
             raise ObservationError(
-                f"cdp: observation '{key}' reaches |x| = {peak:.3g} after normalisation (limit {OBS_ABS_LIMIT:g}); "
+                f"cdp: observation '{key}' reaches |x| = {peak:.3g} after normalisation "
+                f"(limit {OBS_ABS_LIMIT:g}); "
                 "the training data spans about [-1, 1]: check the sensor and the units"
             )
         sizes[key] = x.shape[0]
@@ -150,7 +159,7 @@ def check_observation(config, batch: Mapping, dtype: torch.dtype, device: torch.
 
 
 def check_actions(actions: Tensor, weights: Iterable[tuple[str, Tensor]] | None = None) -> Tensor:
-    """Return ``actions`` if finite, else raise :class:`NonFiniteError` (naming a non-finite weight if any)."""
+    """``actions`` if finite, else raise :class:`NonFiniteError` (naming a non-finite weight if any)."""
     if torch.isfinite(actions).all():
         return actions
     cause = "the observation drove the network out of range"
@@ -183,7 +192,9 @@ def dataset_problem(root: str | Path | None, repo_id: str) -> str | None:
     except (OSError, ValueError) as e:
         return f"{info} is not readable JSON ({e}); the dataset is corrupt, write it again"
     if int(meta.get("total_episodes", 0) or 0) == 0 or int(meta.get("total_frames", 0) or 0) == 0:
-        return f"the dataset at --dataset.root={root} is empty (0 episodes); record or generate episodes first"
+        return (
+            f"the dataset at --dataset.root={root} is empty (0 episodes); record or generate episodes first"
+        )
     return None
 
 
@@ -248,7 +259,8 @@ def _wrap_optimizer(fn):
                 logger.warning(msg)
         if cfg.policy.use_amp and str(cfg.policy.device).startswith("cpu"):
             logger.warning(
-                "cdp: --policy.use_amp=true on CPU: lerobot-train autocasts to bfloat16 (torch's CPU autocast "
+                "cdp: --policy.use_amp=true on CPU: lerobot-train autocasts to bfloat16 (torch's CPU "
+                "autocast "
                 "dtype); the fd_probe finite-difference step is raised to 0.05 under autocast"
             )
         return out
@@ -279,10 +291,16 @@ def _wrap_last(fn, run: dict):
 def resume_hint(output_dir: str | Path | None) -> str:
     """What to run to continue an interrupted ``lerobot-train`` run."""
     if output_dir is None:
-        return "resume with lerobot-train --config_path=<output_dir>/checkpoints/last/pretrained_model/train_config.json --resume=true"
+        return (
+            "resume with lerobot-train --resume=true "
+            "--config_path=<output_dir>/checkpoints/last/pretrained_model/train_config.json"
+        )
     last = Path(output_dir) / "checkpoints" / "last"
     if not last.exists():
-        return f"no checkpoint was written yet under {output_dir}; start again (remove the folder or pick a new --output_dir)"
+        return (
+            f"no checkpoint was written yet under {output_dir}; start again "
+            "(remove the folder or pick a new --output_dir)"
+        )
     step = json.loads((last / "training_state" / "training_step.json").read_text()).get("step")
     return (
         f"the last complete checkpoint is step {step}; resume with: lerobot-train "
@@ -299,7 +317,9 @@ def _wrap_train(fn, run: dict):
         except KeyboardInterrupt:
             if not run.get("cdp"):
                 raise
-            print(f"\ncdp: training interrupted (Ctrl-C); {resume_hint(run.get('output_dir'))}", file=sys.stderr)
+            print(
+                f"\ncdp: training interrupted (Ctrl-C); {resume_hint(run.get('output_dir'))}", file=sys.stderr
+            )
             raise SystemExit(130) from None
         except GUARD_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)
@@ -354,10 +374,9 @@ def install_train_hooks() -> int:
     return n
 
 
-
 # ------------------------------------------------------------------------------------ policy mix-in
 class GuardedPolicyMixin:
-    """Checks layered on ``DiffusionPolicy`` by ``ContractiveDiffusionPolicy(GuardedPolicyMixin, DiffusionPolicy)``.
+    """Checks on ``DiffusionPolicy``: ``ContractiveDiffusionPolicy(GuardedPolicyMixin, DiffusionPolicy)``.
 
     * ``select_action`` / ``predict_action_chunk``: :func:`check_observation` in, :func:`check_actions` out.
     * ``save_pretrained``: refuses non-finite weights before anything is written.
@@ -374,7 +393,9 @@ class GuardedPolicyMixin:
         return check_actions(super().select_action(self._obs(batch), noise=noise), self.named_parameters())
 
     def predict_action_chunk(self, batch, noise=None):
-        return check_actions(super().predict_action_chunk(self._obs(batch), noise=noise), self.named_parameters())
+        return check_actions(
+            super().predict_action_chunk(self._obs(batch), noise=noise), self.named_parameters()
+        )
 
     def save_pretrained(self, save_directory, *, state_dict=None, **kwargs):
         tensors = state_dict if state_dict is not None else self.state_dict()
@@ -388,21 +409,27 @@ class GuardedPolicyMixin:
 
         from cdp_plugin.policy import safe_load
 
-        if Path(str(pretrained_name_or_path)).is_dir():
-            safe_load.validate_processor_files(pretrained_name_or_path)
+        # lerobot-eval / -rollout / the async server load the policy before its processors: validate them now
+        hub = ("revision", "cache_dir", "force_download", "token", "local_files_only", "proxies")
+        safe_load.validate_processor_files(
+            pretrained_name_or_path, **{k: kwargs[k] for k in hub if k in kwargs}
+        )
         if config is None:
             cfg_kwargs = {k: v for k, v in kwargs.items() if k != "strict"}
             config = PreTrainedConfig.from_pretrained(pretrained_name_or_path, **cfg_kwargs)
         if not isinstance(config, cls.config_class):
             if not isinstance(config, DiffusionConfig):
-                raise ValueError(
-                    f"cdp: {pretrained_name_or_path} is a '{config.type}' checkpoint; ContractiveDiffusionPolicy "
+                raise TypeError(
+                    f"cdp: {pretrained_name_or_path} is a '{config.type}' checkpoint; "
+                    "ContractiveDiffusionPolicy "
                     "loads 'cdp' and 'diffusion' checkpoints"
                 )
             logger.warning(
-                "cdp: %s is a 'diffusion' checkpoint: loading it as a cdp warm start (weights and diffusion fields "
-                "kept, cdp sampler defaults); for a saved cdp copy run: python -m cdp_plugin.policy.convert %s <dst>",
-                pretrained_name_or_path, pretrained_name_or_path,
+                "cdp: %s is a 'diffusion' checkpoint: loading it as a cdp warm start (weights and diffusion "
+                "fields kept, cdp sampler defaults); for a saved cdp copy run: "
+                "python -m cdp_plugin.policy.convert %s <dst>",
+                pretrained_name_or_path,
+                pretrained_name_or_path,
             )
             config = safe_load.cdp_config_from_diffusion(config)
         return super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)

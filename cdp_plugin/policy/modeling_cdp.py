@@ -144,9 +144,10 @@ class ContractiveDiffusionModel(DiffusionModel):
 
         diffusion_loss = self._diffusion_loss(pred, self._target(trajectory, eps, timesteps), batch)
         loss = diffusion_loss + ccfg.weight * penalty
-        if training:  # nothing non-finite reaches the optimiser (cdp_plugin.policy.guards); LeRobot counts from 1
+        if training:  # nothing non-finite reaches the optimiser (policy/guards.py); LeRobot counts from 1
             terms = {"diffusion_loss": diffusion_loss, "contraction_penalty": penalty, "total": loss}
-            check_finite_loss(step + 1, terms, f"Lower --policy.optimizer_lr (now {cfg.optimizer_lr:g}) or check the data.")
+            hint = f"Lower --policy.optimizer_lr (now {cfg.optimizer_lr:g}) or check the data."
+            check_finite_loss(step + 1, terms, hint)
 
         info["diffusion_loss"] = diffusion_loss.item()
         info["contraction_loss"] = penalty.item()

@@ -38,9 +38,8 @@ class CheckpointMismatchError(ValueError):
 
 
 def _registry() -> set[str]:
-    from lerobot.processor.pipeline import ProcessorStepRegistry
-
     import lerobot.processor  # noqa: F401  (registers LeRobot's own steps)
+    from lerobot.processor.pipeline import ProcessorStepRegistry
 
     return set(ProcessorStepRegistry.list())
 
@@ -57,18 +56,25 @@ def validate_processor_config(config: object, source: str) -> None:
         if name is None:
             raise UnsafeCheckpointError(
                 f"{source}: step {i} names a Python class ({step.get('class')!r}) instead of a registered "
-                "processor step; cdp loads only steps from LeRobot's ProcessorStepRegistry (refusing to import it)"
+                "processor step; cdp loads only steps from LeRobot's ProcessorStepRegistry "
+                "(refusing to import it)"
             )
         if name not in known:
             raise UnsafeCheckpointError(
-                f"{source}: step {i} uses unknown processor step {name!r}; install the package that registers "
+                f"{source}: step {i} uses unknown processor step {name!r}; install the package that "
+                "registers "
                 "it (and import it) before loading, or remove the step"
             )
         state = step.get("state_file")
         if state is not None and (
-            not isinstance(state, str) or PurePosixPath(state).name != state or "\\" in state or not state.endswith(".safetensors")
+            not isinstance(state, str)
+            or PurePosixPath(state).name != state
+            or "\\" in state
+            or not state.endswith(".safetensors")
         ):
-            raise UnsafeCheckpointError(f"{source}: step {i} state_file {state!r} must be a bare *.safetensors file name")
+            raise UnsafeCheckpointError(
+                f"{source}: step {i} state_file {state!r} must be a bare *.safetensors file name"
+            )
         if not isinstance(step.get("config", {}), dict):
             raise UnsafeCheckpointError(f"{source}: step {i} 'config' must be an object")
 
@@ -84,12 +90,16 @@ def validate_processor_files(pretrained: str | Path, filenames=PROCESSOR_FILES, 
         path = Path(pretrained) / name
         if not Path(pretrained).is_dir():
             from huggingface_hub import hf_hub_download
-            from huggingface_hub.errors import EntryNotFoundError
+            from huggingface_hub.errors import (
+                EntryNotFoundError,
+                HFValidationError,
+                LocalEntryNotFoundError,
+            )
 
             try:
                 path = Path(hf_hub_download(str(pretrained), name, **hub_kwargs))
-            except EntryNotFoundError:
-                continue
+            except (EntryNotFoundError, LocalEntryNotFoundError, HFValidationError):
+                continue  # no such file / repo (or not cached while offline): LeRobot will not load it either
         if not path.is_file():
             continue
         try:
@@ -121,8 +131,9 @@ def check_weights_file(model: torch.nn.Module, model_file: str | Path) -> None:
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise CheckpointMismatchError(
-                f"cdp: {model_file} lacks {len(missing)} of the policy's {len(expected)} tensors ({missing[:3]}{more}); "
-                "it is not a checkpoint of this architecture: pass the matching --policy.* sizes or another checkpoint"
+                f"cdp: {model_file} lacks {len(missing)} of the policy's {len(expected)} tensors "
+                f"({missing[:3]}{more}); it is not a checkpoint of this architecture: pass the matching "
+                "--policy.* sizes or another checkpoint"
             )
         for k in sorted(keys & set(expected)):
             t = f.get_tensor(k)
@@ -133,10 +144,17 @@ def check_weights_file(model: torch.nn.Module, model_file: str | Path) -> None:
                 )
             if t.is_floating_point() and not torch.isfinite(t).all():
                 n = int((~torch.isfinite(t)).sum())
-                raise CheckpointMismatchError(f"cdp: {model_file}: '{k}' holds {n} non-finite values; the checkpoint is corrupt")
+                raise CheckpointMismatchError(
+                    f"cdp: {model_file}: '{k}' holds {n} non-finite values; the checkpoint is corrupt"
+                )
         extra = sorted(keys - set(expected))
         if extra:
-            logger.warning("cdp: %s has %d tensors the policy does not use (ignored): %s", model_file, len(extra), extra[:3])
+            logger.warning(
+                "cdp: %s has %d tensors the policy does not use (ignored): %s",
+                model_file,
+                len(extra),
+                extra[:3],
+            )
 
 
 def cdp_config_from_diffusion(config):

@@ -34,7 +34,10 @@ def probed_save_checkpoint(checkpoint_dir, step, cfg, policy, optimizer, *args, 
     save_checkpoint(checkpoint_dir, step, cfg, policy, optimizer, *args, **kwargs)
     adam = {int(s["step"]) for s in optimizer.state_dict()["state"].values()}
     with probe.open("a") as f:
-        f.write(json.dumps({"step": step, "train_step": policy.diffusion._train_step, "adam_step": sorted(adam)}) + "\n")
+        f.write(
+            json.dumps({"step": step, "train_step": policy.diffusion._train_step, "adam_step": sorted(adam)})
+            + "\n"
+        )
 
 
 lt.save_checkpoint = probed_save_checkpoint

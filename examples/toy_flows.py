@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(plot_models, args.out, args.n_traj, 20, args.seeds[0], plot_stats)
     print(f"wrote {args.out}")
     if not args.no_results:
-        from cdp_plugin.bench.report import TOY_TAG, replace_section
+        from cdp_plugin.bench.results_file import TOY_TAG, replace_section
 
         replace_section(args.results, TOY_TAG, results_markdown(rows, args, time.time() - t0))
         print(f"updated {args.results}")

@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per cell (every task)")
     p.add_argument("--dataset-episodes", type=int, default=None, help="dataset episodes (every task)")
     p.add_argument("--mode-episodes", type=int, default=None, help="in-process rollouts per cell for mode coverage")
-    p.add_argument("--section", default=None, help="RESULTS.md section tag to write (default bench:matrix)")
+    p.add_argument("--section", default=None, help="RESULTS.md section to write: bench:matrix (default) or "
+                   "bench:penalty (the penalty strength study: success and action variance vs gamma, success vs steps)")
     p.add_argument("--out", type=Path, default=None, help="matrix directory (default outputs/bench_<profile>)")
     p.add_argument("--tasks", default=None, help="comma-separated subset of tasks (pointmaze,lift,can,pusht)")
     p.add_argument("--policies", default=None, help="comma-separated subset of dp,cdp_frobenius,cdp_hinge")
@@ -135,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             print("failed cells: " + ", ".join(status["failed"]), file=sys.stderr)
     if a.no_report:
         return 1 if status["failed"] else 0
-    from cdp_plugin.bench.report import (
-        MATRIX_TAG,
-        aggregate,
+    from cdp_plugin.bench.aggregate import aggregate
+    from cdp_plugin.bench.markdown import (
         compact_table,
-        make_plots,
         matrix_markdown,
-        replace_section,
+        penalty_markdown,
     )
+    from cdp_plugin.bench.plots import PENALTY_PLOTS, make_plots
+    from cdp_plugin.bench.results_file import MATRIX_TAG, PENALTY_TAG, replace_section
 
     cells = load_cells(out)
     if not cells:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     agg = aggregate(cells)
     # metadata: the run(s) that produced the cells; wall time summed over resumed runs
-    meta = {"command": "cdp-bench --" + name, "card": a.card or detect_card(profile.device),
+    meta = {"command": "cdp-bench --profile " + name, "card": a.card or detect_card(profile.device),
             "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
     hist = out / "runs.jsonl"
     if hist.is_file():
@@ -177,8 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     prof["tasks"] = [t for t in TASKS if any(c["task"] == t for c in found)] + [t for t in profile.tasks if t not in {c["task"] for c in found}]
     prof["fractions"] = sorted({c["fraction"] for c in found}, reverse=True)
     prof["seeds"] = sorted({c["seed"] for c in found})
-    replace_section(results, MATRIX_TAG, matrix_markdown(agg, prof, meta, skipped, failed))
-    paths = make_plots(agg, prof, plots)
+    if (a.section or MATRIX_TAG) == PENALTY_TAG:
+        prof["eval_steps"] = sorted({k for c in cells for k in map(int, (c.get("eval_by_steps") or {}))})
+        paths = make_plots(agg, prof, plots, PENALTY_PLOTS)
+        shown = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths]
+        replace_section(results, PENALTY_TAG, penalty_markdown(agg, prof, meta, failed, shown))
+    elif (a.section or MATRIX_TAG) == MATRIX_TAG:
+        replace_section(results, MATRIX_TAG, matrix_markdown(agg, prof, meta, skipped, failed))
+        paths = make_plots(agg, prof, plots)
+    else:
+        raise SystemExit(f"cdp-bench: --section must be {MATRIX_TAG} or {PENALTY_TAG}, got {a.section!r}")
     print(compact_table(agg))
     print(f"wrote {results} and {', '.join(str(p) for p in paths)}")
     return 1 if status["failed"] else 0

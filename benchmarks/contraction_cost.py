@@ -31,34 +31,38 @@ import time
 from pathlib import Path
 
 import torch
-
-import lerobot_policy_cdp  # noqa: F401
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
-from cdp_plugin.contraction import exact_jacobian, sym_extreme_eigs, x0_sym_jacobian_matvec, hutchinson_frobenius
+import lerobot_policy_cdp  # noqa: F401
+from cdp_plugin.contraction import (
+    exact_jacobian,
+    hutchinson_frobenius,
+    sym_extreme_eigs,
+    x0_sym_jacobian_matvec,
+)
 from cdp_plugin.policy import ContractiveDiffusionConfig, ContractiveDiffusionPolicy
 from cdp_plugin.samplers import alpha_sigma
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 METHODS = {
     "DP (no penalty)": None,
-    "CDP fd_probe (default)": dict(contraction_estimator="fd_probe"),
-    "CDP hutchinson": dict(contraction_estimator="hutchinson"),
-    "CDP hinge lanczos": dict(contraction_loss="hinge", contraction_estimator="lanczos"),
-    "official full Jacobian": dict(contraction_estimator="exact", contraction_batch_fraction=1.0),
+    "CDP fd_probe (default)": {"contraction_estimator": "fd_probe"},
+    "CDP hutchinson": {"contraction_estimator": "hutchinson"},
+    "CDP hinge lanczos": {"contraction_loss": "hinge", "contraction_estimator": "lanczos"},
+    "official full Jacobian": {"contraction_estimator": "exact", "contraction_batch_fraction": 1.0},
 }
 
 
 def features(action_dim: int, state_dim: int = 8, env_dim: int = 16):
-    return dict(
-        input_features={
+    return {
+        "input_features": {
             "observation.state": PolicyFeature(FeatureType.STATE, (state_dim,)),
             "observation.environment_state": PolicyFeature(FeatureType.ENV, (env_dim,)),
         },
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (action_dim,))},
-    )
+        "output_features": {"action": PolicyFeature(FeatureType.ACTION, (action_dim,))},
+    }
 
 
 def build(method: dict | None, action_dim: int, arch: dict, device: str):
@@ -144,14 +148,14 @@ def time_interleaved(policies: dict, batch, steps: int, warmup: int, device: str
 
 def accuracy(action_dim: int, arch: dict, device: str, n: int = 4) -> dict[str, float]:
     """Estimator errors vs the exact Jacobian of the (initialised) CDP UNet on n samples."""
-    policy = build(dict(), action_dim, arch, device)
+    policy = build({}, action_dim, arch, device)
     model = policy.diffusion
     batch = make_batch(n, action_dim, device)
     cond = model._prepare_global_conditioning(batch).detach()
     t = torch.tensor([5, 30, 60, 90][:n], device=device).repeat(n)[:n]
     x = model.noise_scheduler.add_noise(batch["action"], torch.randn_like(batch["action"]), t)
     a, s = alpha_sigma(model.noise_scheduler, t)
-    fn = lambda z: model.unet(z, t, global_cond=cond)  # noqa: E731
+    fn = lambda z: model.unet(z, t, global_cond=cond)
     J = exact_jacobian(fn, x, create_graph=False)
     S = 0.5 * (J + J.transpose(1, 2))
     ev = torch.linalg.eigvalsh(S.double())
@@ -182,7 +186,7 @@ def write_section(text: str, name: str = "cost") -> None:
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     block = f"{start}\n{text}\n{end}"
     if start in old:
-        new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
+        new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, old, flags=re.DOTALL)
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(new)
@@ -198,7 +202,7 @@ def main(argv=None):
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    arch = {} if args.full else dict(down_dims=(64, 128), diffusion_step_embed_dim=64)
+    arch = {} if args.full else {"down_dims": (64, 128), "diffusion_step_embed_dim": 64}
     B = args.batch_size or (64 if args.full or args.device != "cpu" else 32)
     steps = args.steps or (8 if args.device != "cpu" else 5)
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
@@ -233,8 +237,8 @@ def main(argv=None):
 
     lines = [
         f"Train-step cost of the contraction penalty — `python benchmarks/contraction_cost.py{' --full' if args.full else ''}`,",
-        f"{card}, {datetime.date.today().isoformat()}, torch {torch.__version__}, batch {B}, horizon 16,"
-        f" UNet down_dims {arch.get('down_dims', (512, 1024, 2048))}, x0 prediction, median of {steps} steps.",
+        (f"{card}, {datetime.date.today().isoformat()}, torch {torch.__version__}, batch {B}, horizon 16,"
+        f" UNet down_dims {arch.get('down_dims', (512, 1024, 2048))}, x0 prediction, median of {steps} steps."),
         "Ratios are to DP measured in the same run, steps interleaved round-robin. Memory: "
         + ("peak CUDA memory allocated during one step, above the resting model" if args.device != "cpu"
            else "model state (parameters, gradients, AdamW moments) plus the tensors autograd saves for backward in"

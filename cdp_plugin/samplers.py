@@ -16,8 +16,8 @@ each has one meaning, in every front end:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import torch

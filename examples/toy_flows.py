@@ -121,16 +121,16 @@ def results_markdown(rows: list[dict], args, wall: float) -> str:
         "## Toy: sampling flows on the 2-D two-mode data (`examples/toy_flows.py`)",
         "",
         "- Command: `" + " ".join(["python examples/toy_flows.py", *sys.argv[1:]]) + "`",
-        f"- Card: CPU, {os.cpu_count()} cores, no GPU; date {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; "
-        f"wall time {wall / 60:.1f} min",
-        f"- Set-up: `cdp_plugin.toy` (two modes +-(0.6, 0.3), std 0.06, {args.n_data} training points), x0-prediction "
+        (f"- Card: CPU, {os.cpu_count()} cores, no GPU; date {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}; "
+        f"wall time {wall / 60:.1f} min"),
+        (f"- Set-up: `cdp_plugin.toy` (two modes +-(0.6, 0.3), std 0.06, {args.n_data} training points), x0-prediction "
         f"MLP, cosine schedule T = 100, {args.steps} Adam steps (batch 256, lr 2e-3) per policy and seed; deterministic "
         "DDIM, 20 steps. Penalties: weight 0.1, margin 0.1 (frobenius: fd_probe; hinge: Lanczos on sym J_x0). "
         "Separation ratio = |A(z + δu) − A(z)| / δ, δ = 1e-3, over 2000 noise seeds; mode± = share of samples "
         "nearest each centre; stranded p90 = 90th percentile of the distance to the nearest centre (mode "
-        "averaging shows as a large value; a sample drawn from the modes themselves gives 0.06·√(2 ln 10) ≈ 0.13).",
-        "- Plot: `benchmarks/plots/toy_flows.png` (training seed "
-        f"{args.seeds[0]}).",
+        "averaging shows as a large value; a sample drawn from the modes themselves gives 0.06·√(2 ln 10) ≈ 0.13)."),
+        ("- Plot: `benchmarks/plots/toy_flows.png` (training seed "
+        f"{args.seeds[0]})."),
         "",
         "| policy | seed | sep. ratio median | sep. ratio p90 | mode+ | mode- | stranded p90 | train s |",
         "|---|---|---|---|---|---|---|---|",

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_bench_metrics import fake_record, tiny_profile
 
 from cdp_plugin.bench.aggregate import aggregate, flag_value, plateau
 from cdp_plugin.bench.markdown import penalty_markdown, pick_default
@@ -16,8 +17,11 @@ from cdp_plugin.bench.matrix import POLICIES, load_variants, parse_variant, poli
 from cdp_plugin.bench.metrics import interleaved_step_times, step_lambda_profile
 from cdp_plugin.bench.modes import coverage, pointmaze_route
 from cdp_plugin.bench.plots import PENALTY_PLOTS, make_plots
-from cdp_plugin.samplers import ScheduleConfig, step_contraction_bounds, training_scheduler
-from test_bench_metrics import fake_record, tiny_profile
+from cdp_plugin.samplers import (
+    ScheduleConfig,
+    step_contraction_bounds,
+    training_scheduler,
+)
 
 
 def test_variants_from_flags_and_files(tmp_path):
@@ -62,7 +66,7 @@ def test_step_lambda_profile_flags_exactly_the_steps_outside_the_window():
     bounds = step_contraction_bounds(sched, "ddim", 10)
     x0 = torch.randn(16, 4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for c in (0.3, 0.9, -2.0):
-        rows = step_lambda_profile(lambda x, t: c * x, x0, sched, "ddim", 10, "sample", num_iters=3)
+        rows = step_lambda_profile(lambda x, t, c=c: c * x, x0, sched, "ddim", 10, "sample", num_iters=3)
         assert [r["t"] for r in rows] == [b.t for b in bounds] and all(r["n"] == 16 for r in rows)
         for r, b in zip(rows, bounds):
             assert r["upper"] == b.upper and r["lambda_max_mean"] == pytest.approx(c, abs=1e-6)

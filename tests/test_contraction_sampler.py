@@ -5,8 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdp_plugin.contraction import ContractionConfig, contraction_penalty, sym_extreme_eigs
-from cdp_plugin.samplers import ScheduleConfig, alpha_sigma, make_scheduler, sample, separation_ratio
+from cdp_plugin.contraction import (
+    ContractionConfig,
+    contraction_penalty,
+    sym_extreme_eigs,
+)
+from cdp_plugin.samplers import (
+    ScheduleConfig,
+    alpha_sigma,
+    make_scheduler,
+    sample,
+    separation_ratio,
+)
 from cdp_plugin.toy import evaluate_toy, train_toy
 
 T = 100
@@ -35,12 +45,12 @@ def test_separation_ratio_below_one_exactly_when_condition_holds(prediction_type
     noise = torch.randn(16, 3, generator=g, dtype=torch.float64)
     for s in (0.3, 0.9, 1.5, 3.0):
         model = gaussian_model(s, prediction_type, sched)
-        ratio = separation_ratio(lambda z: sample(model, z, sched, 20), noise, 1e-4, generator=g)
+        ratio = separation_ratio(lambda z, model=model: sample(model, z, sched, 20), noise, 1e-4, generator=g)
         # the condition, checked with the matrix-free estimator at several noise levels
         ts = torch.tensor([1, 10, 50, 90, 99])
         a, sg = alpha_sigma(sched, ts)
         x = torch.randn(5, 3, generator=g, dtype=torch.float64)
-        _, lmax = sym_extreme_eigs(lambda z: model(z, ts), x, 3, a.double(), sg.double(), prediction_type)
+        _, lmax = sym_extreme_eigs(lambda z, model=model, ts=ts: model(z, ts), x, 3, a.double(), sg.double(), prediction_type)
         holds = bool((lmax < a.double()).all())
         assert holds == (s < 1), (s, lmax, a)
         contracts = bool((ratio < 1).all())
@@ -88,7 +98,7 @@ def test_minimising_the_penalty_makes_an_expansive_sampler_contract(prediction_t
         t = torch.randint(0, T, (64,), generator=g)
         a, sg = alpha_sigma(sched, t)
         x = torch.randn(64, 3, generator=g, dtype=torch.float64)
-        loss, _ = contraction_penalty(lambda z, i: model(z, t[i]), x, a.double(), sg.double(), prediction_type, cfg, generator=g)
+        loss, _ = contraction_penalty(lambda z, i, t=t: model(z, t[i]), x, a.double(), sg.double(), prediction_type, cfg, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -99,25 +99,25 @@ def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str
         f"- Command(s), in order, all into one matrix directory: {meta.get('commands_md') or '`' + meta['command'] + '`'}",
         f"- Card: {meta['card']}",
         f"- Date: {meta['date']}; total wall time {meta.get('wall', '?')}",
-        f"- Profile `{profile['name']}`: {profile['steps']} training steps, batch {profile['batch_size']}, "
+        (f"- Profile `{profile['name']}`: {profile['steps']} training steps, batch {profile['batch_size']}, "
         f"UNet down_dims {profile['down_dims']}, lr {profile['lr']} (no warm-up), horizon {profile['horizon']}, "
         f"n_action_steps {profile['n_action_steps']}; seeds {profile['seeds']}; data fractions "
         f"{[int(f * 100) for f in profile['fractions']]} % (random *episode* subsets, seed 42+seed, same subset for "
         "every policy); expert datasets from `cdp_plugin.data.generate` "
-        f"({', '.join(f'{k} {v} episodes' for k, v in profile['dataset_episodes'].items() if k in profile['tasks'])}).",
-        f"- Every policy is evaluated with the same deterministic sampler: DDIM (eta = 0), "
+        f"({', '.join(f'{k} {v} episodes' for k, v in profile['dataset_episodes'].items() if k in profile['tasks'])})."),
+        (f"- Every policy is evaluated with the same deterministic sampler: DDIM (eta = 0), "
         f"{profile['num_inference_steps']} steps (`diffusion` has only DDPM/DDIM; cdp's default is DPM-Solver++). "
         "DP is LeRobot's `diffusion` with its defaults (epsilon prediction); CDP is `cdp` (x0 prediction, "
         "penalty weight 0.1, margin 0.1). DP-x0, where present, is `cdp` with `--policy.contraction_loss=none`: the "
-        "x0 parameterisation without the penalty, which separates the penalty's effect from the parameterisation's.",
+        "x0 parameterisation without the penalty, which separates the penalty's effect from the parameterisation's."),
         COLUMNS,
         "",
     ]
     tasks = [t for t in profile["tasks"] if any(k[0] == t for k in agg)]
     for task in tasks:
         lines += [f"### {task} (`--env.type={TASKS[task].env_type}`)", "",
-                  "| policy | data | success % [95 % CI] (per seed) | reward (per seed) | action var | sep. ratio | "
-                  "λ-viol | λ_max(t=0) | step time ×DP | latency ms |",
+                  ("| policy | data | success % [95 % CI] (per seed) | reward (per seed) | action var | sep. ratio | "
+                  "λ-viol | λ_max(t=0) | step time ×DP | latency ms |"),
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for frac in profile["fractions"]:
             for pol in profile["policies"]:
@@ -146,12 +146,12 @@ def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str
     if failed:
         lines += ["### Failed cells", "", *[f"- `{c}` (see `logs/{c}.error.txt` in the output directory)" for c in failed], ""]
     lines += [
-        "Plots: `benchmarks/plots/success_vs_fraction.png`, `action_variance.png`, `separation_ratio.png` "
-        "(over training), `lambda_max_vs_noise.png`.",
+        ("Plots: `benchmarks/plots/success_vs_fraction.png`, `action_variance.png`, `separation_ratio.png` "
+        "(over training), `lambda_max_vs_noise.png`."),
         "",
-        f"Caveats: profile `{profile['name']}` trains for {profile['steps']} steps; with few evaluation episodes per "
+        (f"Caveats: profile `{profile['name']}` trains for {profile['steps']} steps; with few evaluation episodes per "
         "seed the success intervals are wide, so many differences in success are ties. The sampler-level metrics "
-        "(variance, separation ratio, λ) are far less noisy and show what training does to the sampler.",
+        "(variance, separation ratio, λ) are far less noisy and show what training does to the sampler."),
         "",
         ("Parameterisation: DP is an epsilon network, CDP an x0 network. The DP-x0 rows (same x0 network, no "
          "penalty) show how much of each CDP-vs-DP difference is due to the parameterisation and how much to the "
@@ -232,19 +232,19 @@ def penalty_markdown(agg: dict, profile: dict, meta: dict, failed: list[str], pl
         "",
         f"- Command(s), in order, all into one matrix directory: {meta.get('commands_md') or '`' + meta['command'] + '`'}",
         f"- Card: {meta['card']}; date {meta['date']}; wall time {meta.get('wall', '?')}",
-        f"- Profile `{profile['name']}`: {profile['steps']} training steps, batch {profile['batch_size']}, UNet "
+        (f"- Profile `{profile['name']}`: {profile['steps']} training steps, batch {profile['batch_size']}, UNet "
         f"down_dims {profile['down_dims']}, lr {profile['lr']}; seeds {profile['seeds']}; data fractions "
         f"{[int(f * 100) for f in profile['fractions']]} % (episode subsets, seed 42+seed); evaluation: DDIM "
         f"(eta 0) with {profile['num_inference_steps']} steps, and {sorted(profile.get('eval_steps') or [])} steps "
-        "for success vs steps, same episodes.",
-        "- CDP variants are `cdp` with `--policy.contraction_normalization=per_dim` (the penalty is the mean squared "
+        "for success vs steps, same episodes."),
+        ("- CDP variants are `cdp` with `--policy.contraction_normalization=per_dim` (the penalty is the mean squared "
         "singular value of w_t (J_x0 + βI): γ means the same at every D; γ_per_dim = γ_paper / D) and the flags "
         "in the variant's name (γ, and `--policy.contraction_noise_window=[0,0.1]` for the low-noise rows). DP-x0 "
-        "is `cdp` with `--policy.contraction_loss=none`.",
+        "is `cdp` with `--policy.contraction_loss=none`."),
         COLUMNS.replace("- Columns:", "- Columns (as in the matrix):"),
-        f"- λ-viol low = the same at the sampler steps with t/T < {LOW_NOISE} (DDIM-10: the last step, t = 0); route "
+        (f"- λ-viol low = the same at the sampler steps with t/T < {LOW_NOISE} (DDIM-10: the last step, t = 0); route "
         "share = share of the minority route among rollouts whose start and goal have two equally short routes "
-        "(0.5 = both, as the expert; 0 = collapsed onto one).",
+        "(0.5 = both, as the expert; 0 = collapsed onto one)."),
         "",
     ]
     tasks = [t for t in profile["tasks"] if any(k[0] == t for k in agg)]
@@ -285,8 +285,8 @@ def penalty_markdown(agg: dict, profile: dict, meta: dict, failed: list[str], pl
         lines += ["", DEFAULT_RULE + f" On {task} it picks: **{choice or 'none (no variant qualifies)'}**.", ""]
     pl = plateau([c for a in agg.values() for c in a["cells"]])
     if pl:
-        lines += ["DP training length (success at each checkpoint; 'stopped rising' = the last checkpoint's interval "
-                  "overlaps the best earlier one's):", ""]
+        lines += [("DP training length (success at each checkpoint; 'stopped rising' = the last checkpoint's interval "
+                  "overlaps the best earlier one's):"), ""]
         for p in pl:
             rows = ", ".join(f"{r['step']}: {100 * r['success']:.0f} %" for r in p["rows"])
             lines.append(f"- `{p['id']}`: {rows} -> {'stopped rising' if p['stopped_rising'] else 'STILL RISING'}")

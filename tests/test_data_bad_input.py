@@ -1,7 +1,7 @@
 """Bad input: corrupt/truncated files, missing keys, mismatched lengths, non-finite values.
 
-Every case must raise :class:`DatasetFormatError` whose message names the file, the episode and the key, and must
-leave nothing at the output path (a partly written dataset never looks complete).
+Every case must raise :class:`DatasetFormatError` whose message names the file, the episode and the key, and
+must leave nothing at the output path (a partly written dataset never looks complete).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def convert_fails(convert, src, out, *patterns):
 
 def test_corrupt_and_truncated_hdf5(tmp_path):
     junk = tmp_path / "junk.hdf5"
-    junk.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    noise = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)
+    junk.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(noise))
     convert_fails(convert_robomimic, junk, tmp_path / "out", "cannot open as HDF5")
 
     good = tmp_path / "good.hdf5"
@@ -69,7 +70,8 @@ def _edit_hdf5(path, fn):
         (lambda f: f["data/demo_0/actions"].__setitem__((11, 0), np.inf),
          ["episode demo_0", "'action'", "non-finite value at frame 11"]),
     ],
-    ids=["missing-obs-key", "missing-actions", "missing-data-group", "length-mismatch", "nan-obs", "inf-action"],
+    ids=["missing-obs-key", "missing-actions", "missing-data-group", "length-mismatch", "nan-obs",
+         "inf-action"],
 )
 def test_robomimic_bad_content(tmp_path, edit, patterns):
     src = tmp_path / "demo.hdf5"
@@ -115,8 +117,8 @@ def test_cli_reports_error_and_exit_code(tmp_path):
     write_robomimic(src)
     _edit_hdf5(src, lambda f: f["data/demo_5/obs"].__delitem__("object"))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "cdp_plugin.data.convert", "robomimic", str(src), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "cdp_plugin.data.convert", "robomimic", str(src), "--out",
+                           str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert f"error: {src}, episode demo_5, key 'object'" in proc.stderr
     assert_nothing_written(out)
@@ -125,9 +127,10 @@ def test_cli_reports_error_and_exit_code(tmp_path):
 def test_interrupted_write_leaves_no_dataset(tmp_path):
     out = tmp_path / "ds"
     feats = task_features(2, 2, 2)
-    frame = {"observation.state": np.zeros(2, np.float32), "observation.environment_state": np.zeros(2, np.float32),
-             "action": np.zeros(2, np.float32), "next.reward": np.zeros(1, np.float32),
-             "next.success": np.zeros(1, bool), "next.done": np.zeros(1, bool), "task": "t"}
+    frame = {"observation.state": np.zeros(2, np.float32),
+             "observation.environment_state": np.zeros(2, np.float32), "action": np.zeros(2, np.float32),
+             "next.reward": np.zeros(1, np.float32), "next.success": np.zeros(1, bool),
+             "next.done": np.zeros(1, bool), "task": "t"}
     with pytest.raises(KeyboardInterrupt):
         with atomic_dataset(out, repo_id="local/x", fps=10, features=feats) as ds:
             for _ in range(3):
@@ -152,16 +155,18 @@ def test_interrupted_write_leaves_no_dataset(tmp_path):
     assert (out / "meta" / "info.json").is_file()  # the existing dataset is untouched
 
 
-# -- issue 12 item 5: --overwrite replaces only a dataset this tool wrote, crash-safely ---------------------------
+# -- issue 12 item 5: --overwrite replaces only a dataset this tool wrote, crash-safely ----------------------
 
-FRAME = {"observation.state": np.zeros(2, np.float32), "observation.environment_state": np.zeros(2, np.float32),
-         "action": np.zeros(2, np.float32), "next.reward": np.zeros(1, np.float32),
-         "next.success": np.zeros(1, bool), "next.done": np.zeros(1, bool)}
+FRAME = {"observation.state": np.zeros(2, np.float32),
+         "observation.environment_state": np.zeros(2, np.float32), "action": np.zeros(2, np.float32),
+         "next.reward": np.zeros(1, np.float32), "next.success": np.zeros(1, bool),
+         "next.done": np.zeros(1, bool)}
 
 
 def write_tiny(out, episodes: int, overwrite: bool = False, value: float = 0.0):
     """A cdp dataset of ``episodes`` episodes of 2 frames whose actions all equal ``value``."""
-    with atomic_dataset(out, repo_id="local/x", fps=10, features=task_features(2, 2, 2), overwrite=overwrite) as ds:
+    feats = task_features(2, 2, 2)
+    with atomic_dataset(out, repo_id="local/x", fps=10, features=feats, overwrite=overwrite) as ds:
         for _ in range(episodes):
             for _ in range(2):
                 ds.add_frame({**FRAME, "action": np.full(2, value, np.float32), "task": "t"})
@@ -286,7 +291,7 @@ def test_overwrite_survives_a_kill_at_every_step(tmp_path):
     assert seen == {1, 2}  # both outcomes were reached
 
 
-# -- issue 12 item 6: non-finite values are reported with episode and frame at generation time ------------------
+# -- issue 12 item 6: non-finite values are reported with episode and frame at generation time -------------
 
 
 def test_writer_names_episode_and_frame_of_a_non_finite_value(tmp_path):
@@ -320,7 +325,7 @@ def test_generate_reports_a_nan_with_its_episode_and_frame(tmp_path, monkeypatch
     assert_nothing_written(out)
 
 
-# -- issue 12 item 6: converters check after the cast and refuse missing zarr chunks -------------------------------
+# -- issue 12 item 6: converters check after the cast and refuse missing zarr chunks ------------------------
 
 
 def test_float64_beyond_float32_range_is_refused(tmp_path):

@@ -1,7 +1,8 @@
-"""Converters: robomimic hdf5 / diffusion_policy zarr (v2 format) / Minari -> LeRobotDataset, frame for frame.
+"""Converters: robomimic hdf5 / diffusion_policy zarr (v2 format) / Minari -> LeRobotDataset, frame for
+frame.
 
-The tests write small source files in each format themselves, convert them with the real converters and read the
-result back with LeRobot's own ``LeRobotDataset``.
+The tests write small source files in each format themselves, convert them with the real converters and read
+the result back with LeRobot's own ``LeRobotDataset``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def write_robomimic(path, lengths=LENGTHS, image=True, seed=0):
     demos = {}
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
-        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1, "env_kwargs": {"control_freq": 20}})
+        env_args = {"env_name": "Lift", "type": 1, "env_kwargs": {"control_freq": 20}}
+        data.attrs["env_args"] = json.dumps(env_args)
         data.attrs["total"] = sum(lengths)
         # Written out of numeric order: the converter must sort demo_10 after demo_2.
         for i in reversed(range(len(lengths))):
@@ -59,7 +61,8 @@ def episodes_of(ds: LeRobotDataset) -> list[dict[str, np.ndarray]]:
     """All frames of a dataset, grouped per episode, as numpy arrays (images back to uint8 HWC)."""
     eps = []
     for ep in range(ds.meta.total_episodes):
-        lo, hi = int(ds.meta.episodes["dataset_from_index"][ep]), int(ds.meta.episodes["dataset_to_index"][ep])
+        lo = int(ds.meta.episodes["dataset_from_index"][ep])
+        hi = int(ds.meta.episodes["dataset_to_index"][ep])
         frames = [ds[i] for i in range(lo, hi)]
         assert [int(f["episode_index"]) for f in frames] == [ep] * (hi - lo)
         assert [int(f["frame_index"]) for f in frames] == list(range(hi - lo))
@@ -100,7 +103,8 @@ def test_robomimic_round_trip_low_dim_and_image(tmp_path):
                                                             "robot0_gripper_qpos")], 1)
         np.testing.assert_array_equal(ep["action"], demo["actions"].astype(np.float32))
         np.testing.assert_array_equal(ep["observation.state"], state.astype(np.float32))
-        np.testing.assert_array_equal(ep["observation.environment_state"], demo["obs/object"].astype(np.float32))
+        np.testing.assert_array_equal(ep["observation.environment_state"],
+                                      demo["obs/object"].astype(np.float32))
         np.testing.assert_array_equal(ep["observation.image"], demo["obs/agentview_image"])
         np.testing.assert_array_equal(ep["next.reward"].reshape(-1), demo["rewards"].astype(np.float32))
         np.testing.assert_array_equal(ep["next.done"].reshape(-1), demo["dones"].astype(bool))
@@ -132,7 +136,8 @@ def test_robomimic_filter_key_custom_keys_and_cli(tmp_path):
 
 
 def write_replay_buffer(path, lengths=LENGTHS, seed=0, zip_store=False, img_dtype=np.uint8):
-    """A diffusion_policy ReplayBuffer in zarr v2 format: data/{img,state,keypoint,action}, meta/episode_ends."""
+    """A diffusion_policy ReplayBuffer in zarr v2 format: data/{img,state,keypoint,action},
+    meta/episode_ends."""
     import numcodecs
     import zarr
 
@@ -174,7 +179,8 @@ def test_zarr_replay_buffer_round_trip(tmp_path, zip_store, img_dtype):
         s = slice(bounds[i], bounds[i + 1])
         np.testing.assert_array_equal(ep["action"], arrays["action"][s])
         np.testing.assert_array_equal(ep["observation.state"], arrays["state"][s])
-        np.testing.assert_array_equal(ep["observation.environment_state"], arrays["keypoint"][s].reshape(-1, 18))
+        np.testing.assert_array_equal(ep["observation.environment_state"],
+                                      arrays["keypoint"][s].reshape(-1, 18))
         np.testing.assert_array_equal(ep["observation.image"], arrays["img"][s].astype(np.uint8))
         assert ep["task"] == "push the T"
     check_stats(ds, "observation.state", arrays["state"])
@@ -226,13 +232,15 @@ def test_minari_local_dataset_round_trip(tmp_path, monkeypatch):
 
 
 def test_keymap_image_names():
-    assert KeyMap(["s"], image_keys=["agentview_image"]).image_feature_name("agentview_image") == "observation.image"
+    one = KeyMap(["s"], image_keys=["agentview_image"])
+    assert one.image_feature_name("agentview_image") == "observation.image"
     two = KeyMap(["s"], image_keys=["agentview_image", "robot0_eye_in_hand_image"])
     assert two.image_feature_name("robot0_eye_in_hand_image") == "observation.images.robot0_eye_in_hand"
 
 
 def test_zarr_chunks_skipped_as_fill_value_convert_only_when_allowed(tmp_path):
-    """zarr >= 3 does not store all-fill-value chunks: refused by default, read as the fill value on request."""
+    """zarr >= 3 does not store all-fill-value chunks: refused by default, read as the fill value on
+    request."""
     src = tmp_path / "buf.zarr"
     arrays = write_replay_buffer(src)
     (src / "data" / "state" / "1.0").unlink()  # rows 5-9

@@ -147,12 +147,14 @@ def test_safety_clamps_with_warning(sim, tmp_path, caplog):
         np.testing.assert_allclose(ee(settle(robot)), p0 + [0.04, 0, 0], atol=POS_TOL)
         # below the table (z=-0.03 < workspace z_min 0.015, within the abort margin): clamped to z_min
         p1 = ee(robot.get_observation())
-        sent = robot.send_action({"ee_x.pos": p1[0], "ee_y.pos": p1[1], "ee_z.pos": -0.03, "gripper.pos": 0.0})
+        sent = robot.send_action({"ee_x.pos": p1[0], "ee_y.pos": p1[1], "ee_z.pos": -0.03,
+                                  "gripper.pos": 0.0})
         assert sent["ee_z.pos"] == pytest.approx(robot.config.workspace_min[2])
         assert any("workspace" in w for w in robot.warnings)
         assert ee(settle(robot))[2] == pytest.approx(robot.config.workspace_min[2], abs=POS_TOL)
         # gripper beyond its range by less than 2 cm: clamped
-        sent = robot.send_action({**dict(zip(EE, ee(robot.get_observation()), strict=True)), "gripper.pos": 0.09})
+        here = dict(zip(EE, ee(robot.get_observation()), strict=True))
+        sent = robot.send_action({**here, "gripper.pos": 0.09})
         assert sent["gripper.pos"] == pytest.approx(robot.config.gripper_max_width)
     finally:
         robot.disconnect()
@@ -222,7 +224,8 @@ def test_ctrl_c_leaves_the_arm_stopped_and_disconnect_closes(sim, tmp_path):
     p0 = ee(robot.get_observation())
     robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.04, "ee_z.pos": p0[2], "gripper.pos": 0.0})
     with pytest.raises(KeyboardInterrupt):
-        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1], "ee_z.pos": _Interrupt(), "gripper.pos": 0.0})
+        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1], "ee_z.pos": _Interrupt(),
+                           "gripper.pos": 0.0})
     assert not _moving(robot)
     robot.disconnect()
     assert not robot.is_connected
@@ -238,7 +241,8 @@ def test_reconnect_after_controller_error(tmp_path):
     robot.connect()
     try:
         p0 = ee(robot.get_observation())
-        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.04, "ee_z.pos": p0[2], "gripper.pos": 0.0})
+        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.04, "ee_z.pos": p0[2],
+                           "gripper.pos": 0.0})
         sim.stop()
         with pytest.raises(FrankaControlError, match="libfranka"):
             robot.get_observation()
@@ -246,7 +250,8 @@ def test_reconnect_after_controller_error(tmp_path):
         sim = SlideSim(host).start()
         robot.connect()
         p0 = ee(robot.get_observation())
-        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] - 0.03, "ee_z.pos": p0[2], "gripper.pos": 0.0})
+        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] - 0.03, "ee_z.pos": p0[2],
+                           "gripper.pos": 0.0})
         np.testing.assert_allclose(ee(settle(robot)), p0 + [0, -0.03, 0], atol=POS_TOL)
     finally:
         if robot.is_connected:
@@ -272,10 +277,11 @@ def test_killed_simulator_process_gives_franka_control_errors(tmp_path):
     try:
         robot.connect()
         p0 = ee(robot.get_observation())
-        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.03, "ee_z.pos": p0[2], "gripper.pos": 0.0})
+        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.03, "ee_z.pos": p0[2],
+                           "gripper.pos": 0.0})
         proc.kill()
         proc.wait(30)
-        for _ in range(3):  # the first read times out (UDP); later ones used to raise RuntimeError: Net Exception
+        for _ in range(3):  # the first read times out (UDP); later ones raised RuntimeError: Net Exception
             with pytest.raises(FrankaControlError, match=f"{host}.*(connection is lost|libfranka)"):
                 robot.get_observation()
         with pytest.raises((FrankaControlError, FrankaSafetyError)):
@@ -295,7 +301,7 @@ def test_killed_simulator_process_gives_franka_control_errors(tmp_path):
 
 
 def test_driver_knows_no_simulator_a_scene_hooks_in(sim, tmp_path):
-    """Issue 11: the driver talks to franky only; a scene (here a tiny one of the test's own) adds its keys."""
+    """Issue 11: the driver talks to franky only; a scene (here the test's own tiny one) adds its keys."""
     import inspect
 
     import cdp_plugin.franka.franka as driver

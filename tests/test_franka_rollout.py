@@ -71,7 +71,8 @@ def test_a_lagging_arm_is_clamped_not_aborted(tmp_path):
         finally:
             robot.disconnect()
         # a gross ee_delta request is still refused: the displacement itself, independent of timing
-        robot = Franka(slide_robot_config(sim.host, camera=False, calibration_dir=tmp_path, action_space="ee_delta"))
+        robot = Franka(slide_robot_config(sim.host, camera=False, calibration_dir=tmp_path,
+                                          action_space="ee_delta"))
         robot.connect()
         try:
             with pytest.raises(FrankaSafetyError, match="displacement 0.300 m"):
@@ -95,7 +96,8 @@ def test_expert_dataset_matches_what_rollout_builds(slide_data):
     feats = meta["features"]
     assert feats["action"]["names"] == ["ee_x.pos", "ee_y.pos", "ee_z.pos", "gripper.pos"]
     names = feats["observation.state"]["names"]
-    assert names[:7] == [f"joint_{i}.pos" for i in range(1, 8)] and names[-2:] == ["block_x.pos", "block_y.pos"]
+    assert names[:7] == [f"joint_{i}.pos" for i in range(1, 8)]
+    assert names[-2:] == ["block_x.pos", "block_y.pos"]
     assert feats["observation.images.top"]["shape"] == [96, 96, 3]
     assert info["successes"] >= 1  # the expert solves the task
 
@@ -105,8 +107,9 @@ def cdp_checkpoint(slide_data, tmp_path_factory):
     root, _ = slide_data
     tmp = tmp_path_factory.mktemp("franka_train")
     out = tmp / "train"
-    _run([str(BIN / "lerobot-train"), "--policy.type=cdp", "--policy.push_to_hub=false", "--policy.device=cpu",
-          "--policy.pretrained_backbone_weights=null", "--wandb.enable=false", "--num_workers=0",
+    _run([str(BIN / "lerobot-train"), "--policy.type=cdp", "--policy.push_to_hub=false",
+          "--policy.device=cpu", "--policy.pretrained_backbone_weights=null", "--wandb.enable=false",
+          "--num_workers=0",
           "--policy.horizon=16", "--policy.n_action_steps=8", "--policy.down_dims=[32,64]", "--steps=4",
           "--batch_size=4", "--save_freq=4", "--log_freq=2", "--dataset.repo_id=local/franka_slide",
           f"--dataset.root={root}", f"--output_dir={out}"], _env(tmp), 900, tmp)
@@ -120,7 +123,8 @@ def test_lerobot_rollout_drives_the_simulated_franka(cdp_checkpoint, tmp_path):
     host = free_loopback_host()
     out = _run([
         str(BIN / "lerobot-rollout"), "--strategy.type=base", f"--policy.path={cdp_checkpoint}",
-        "--policy.device=cpu", "--device=cpu", "--robot.type=franka", f"--robot.ip={host}", "--robot.sim=slide",
+        "--policy.device=cpu", "--device=cpu", "--robot.type=franka", f"--robot.ip={host}",
+        "--robot.sim=slide",
         f"--robot.calibration_dir={tmp_path / 'calib'}",
         f"--robot.cameras={{top: {{type: franky_sim, host: '{host}'}}}}",
         f"--task={TASK_TEXT}", "--fps=10", "--duration=5", "--return_to_initial_position=false",
@@ -135,7 +139,7 @@ def test_lerobot_rollout_drives_the_simulated_franka(cdp_checkpoint, tmp_path):
 
 
 def test_slide_eval_cli_loads_a_cdp_checkpoint_in_a_fresh_interpreter(cdp_checkpoint, tmp_path):
-    """`examples/franka_slide.py eval` must register the plugin's policy types itself, as LeRobot's CLIs do."""
+    """`examples/franka_slide.py eval` registers the plugin's policy types itself, as LeRobot's CLIs do."""
     res = tmp_path / "eval.json"
     _run([sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "franka_slide.py"), "eval",
           "--policy", str(cdp_checkpoint), "--episodes", "1", "--max-steps", "8", "--json", str(res)],

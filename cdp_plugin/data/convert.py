@@ -5,26 +5,29 @@
     python -m cdp_plugin.data.convert robomimic lift/ph/low_dim_v15.hdf5 --out data/lift_ph
     python -m cdp_plugin.data.convert zarr pusht/pusht_cchi_v7_replay.zarr --out data/pusht_dp --fps 10
     python -m cdp_plugin.data.convert minari D4RL/pointmaze/medium-v2 --out data/pointmaze_minari
-    python -m cdp_plugin.data.convert pusht pusht_cchi_v7_replay.zarr --out data/pusht --obs keypoints  # or image
+    python -m cdp_plugin.data.convert pusht pusht_cchi_v7_replay.zarr --out data/pusht --obs keypoints
+    # (pusht: --obs keypoints or --obs image)
 
-Mapping (the same for every source; override with ``--state-keys/--env-state-keys/--image-keys/--action-key``):
+Mapping (the same for every source; override with
+``--state-keys/--env-state-keys/--image-keys/--action-key``):
 
 - ``observation.state``: the ``--state-keys`` concatenated (flattened per frame),
 - ``observation.environment_state``: the ``--env-state-keys`` concatenated (omitted when none),
-- images (uint8 ``(T, H, W, 3)``): ``observation.image`` when there is one, else ``observation.images.<name>``,
+- images (uint8 ``(T, H, W, 3)``): ``observation.image`` when there is one, else
+  ``observation.images.<name>``,
 - ``action``; ``next.reward`` and ``next.done`` when the source has them.
 
 Defaults: robomimic ``robot0_eef_pos, robot0_eef_quat, robot0_gripper_qpos`` / ``object`` / all ``*_image``
-keys — the same layout as ``--env.type=robosuite_lift|robosuite_can``; zarr ``state`` / ``keypoint`` (if present)
-/ every ``(N, H, W, 3)`` array / ``action`` (Push-T's replay buffer; float images in 0..255 or 0..1 are stored as
-uint8); Minari: an array observation is the state, a dict observation
-maps ``observation`` to the state and ``desired_goal`` to the environment state.
+keys — the same layout as ``--env.type=robosuite_lift|robosuite_can``; zarr ``state`` / ``keypoint`` (if
+present) / every ``(N, H, W, 3)`` array / ``action`` (Push-T's replay buffer; float images in 0..255 or 0..1
+are stored as uint8); Minari: an array observation is the state, a dict observation maps ``observation`` to
+the state and ``desired_goal`` to the environment state.
 
 Every array is checked before anything is written (present, readable, same length as the actions, finite
 after the cast to float32, and for zarr: every chunk stored, since zarr reads a missing chunk as its fill
 value); a problem raises :class:`DatasetFormatError` naming the file, the episode, the frame and the key. The
-output path is checked before any work, appears only once complete, and ``--overwrite`` replaces only a dataset
-this tool wrote (see :mod:`cdp_plugin.data.writer`).
+output path is checked before any work, appears only once complete, and ``--overwrite`` replaces only a
+dataset this tool wrote (see :mod:`cdp_plugin.data.writer`).
 """
 
 from __future__ import annotations
@@ -39,14 +42,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cdp_plugin.data.writer import OutputPathError, atomic_dataset, check_output_path, image_feature, vector_feature
+from cdp_plugin.data.writer import (
+    OutputPathError, atomic_dataset, check_output_path, image_feature, vector_feature,
+)
 
 
 class DatasetFormatError(ValueError):
     """A source dataset is unreadable or inconsistent; the message names the file, episode and key."""
 
     def __init__(self, source: str, message: str, episode: str | None = None, key: str | None = None):
-        where = source + (f", episode {episode}" if episode is not None else "") + (f", key {key!r}" if key else "")
+        where = source + (f", episode {episode}" if episode is not None else "")
+        where += f", key {key!r}" if key else ""
         super().__init__(f"{where}: {message}")
         self.source, self.episode, self.key = source, episode, key
 
@@ -75,7 +81,7 @@ class Episode:
     load: Callable[[], dict[str, np.ndarray]]
 
 
-# -- validation and frame assembly ------------------------------------------------------------------------------
+# -- validation and frame assembly -------------------------------------------------------------------------
 
 
 def _read(source: str, episode: str, key: str, read: Callable[[], np.ndarray]) -> np.ndarray:
@@ -119,8 +125,8 @@ def episode_frames(source: str, ep: Episode, keys: KeyMap) -> dict[str, np.ndarr
         if not np.isfinite(out).all():
             t, j = (int(i) for i in np.argwhere(~np.isfinite(out.reshape(n, -1)))[0])
             raise DatasetFormatError(
-                source, f"value {arr.reshape(n, -1)[t, j]!r} at frame {t} is out of float32 range (inf after the "
-                "cast); rescale the data", ep.name, key)
+                source, f"value {arr.reshape(n, -1)[t, j]!r} at frame {t} is out of float32 range (inf after "
+                "the cast); rescale the data", ep.name, key)
         return out
 
     def vec(key_list: list[str]) -> np.ndarray:
@@ -132,8 +138,8 @@ def episode_frames(source: str, ep: Episode, keys: KeyMap) -> dict[str, np.ndarr
     for k in keys.image_keys:
         img = get(k)
         if img.ndim != 4 or img.shape[-1] != 3 or img.dtype.kind not in "uif":
-            raise DatasetFormatError(source, f"expected images of shape (T, H, W, 3), got {img.dtype} {img.shape}",
-                                     ep.name, k)
+            raise DatasetFormatError(
+                source, f"expected images of shape (T, H, W, 3), got {img.dtype} {img.shape}", ep.name, k)
         frames[keys.image_feature_name(k)] = to_uint8_images(img)
     if "rewards" in raw:
         frames["next.reward"] = f32("rewards", get("rewards").reshape(n, 1))
@@ -163,7 +169,8 @@ def frame_features(frames: dict[str, np.ndarray], keys: KeyMap) -> dict:
         elif name == "next.reward":
             feats[name] = {"dtype": "float32", "shape": (1,), "names": None}
         else:
-            prefix = {"observation.state": "state", "observation.environment_state": "env_state"}.get(name, name)
+            prefixes = {"observation.state": "state", "observation.environment_state": "env_state"}
+            prefix = prefixes.get(name, name)
             feats[name] = vector_feature(arr.shape[1], prefix)
     return feats
 
@@ -193,8 +200,8 @@ def write_lerobot(
             feats = ep_feats
         elif ep_feats != feats:
             diff = {k for k in set(feats) | set(ep_feats) if feats.get(k) != ep_feats.get(k)}
-            raise DatasetFormatError(source, f"feature shapes differ from the first episode for {sorted(diff)}",
-                                     ep.name)
+            raise DatasetFormatError(
+                source, f"feature shapes differ from the first episode for {sorted(diff)}", ep.name)
         lengths.append(len(frames["action"]))
     with atomic_dataset(out, repo_id=repo_id, fps=fps, features=feats, overwrite=overwrite,
                         provenance=provenance) as ds:
@@ -206,7 +213,7 @@ def write_lerobot(
     return {"episodes": len(episodes), "frames": int(sum(lengths)), "episode_lengths": lengths}
 
 
-# -- robomimic --------------------------------------------------------------------------------------------------
+# -- robomimic ---------------------------------------------------------------------------------------------
 
 ROBOMIMIC_STATE_KEYS = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
 
@@ -220,10 +227,13 @@ def _open_hdf5(path: Path):
         raise DatasetFormatError(str(path), f"cannot open as HDF5 (corrupt or truncated?): {e}") from e
 
 
-def robomimic_episodes(path: Path, filter_key: str | None = None) -> tuple[list[Episode], dict, dict[str, tuple]]:
+def robomimic_episodes(
+    path: Path, filter_key: str | None = None
+) -> tuple[list[Episode], dict, dict[str, tuple]]:
     """List the demos of a robomimic hdf5 file (``data/demo_<i>``, sorted by ``i``).
 
-    Returns the episodes, the ``env_args`` attribute (parsed) and ``{obs key: (shape, dtype)}`` of the first demo.
+    Returns the episodes, the ``env_args`` attribute (parsed) and ``{obs key: (shape, dtype)}`` of the first
+    demo.
     """
     src = str(path)
     f = _open_hdf5(path)
@@ -262,7 +272,8 @@ def robomimic_episodes(path: Path, filter_key: str | None = None) -> tuple[list[
                     raise DatasetFormatError(src, "missing key", name, "actions")
                 for key in ("actions", "rewards", "dones"):
                     if key in g:
-                        out["action" if key == "actions" else key] = _read(src, name, key, lambda k=key: g[k][()])
+                        name_out = "action" if key == "actions" else key
+                        out[name_out] = _read(src, name, key, lambda k=key: g[k][()])
                 if "obs" not in g:
                     raise DatasetFormatError(src, "missing group", name, "obs")
                 for key in g["obs"]:
@@ -284,9 +295,11 @@ def robomimic_keymap(obs_info: dict[str, tuple]) -> KeyMap:
     return KeyMap(state_keys=state, env_state_keys=env_state, image_keys=images)
 
 
-def convert_robomimic(path: str | Path, out: str | Path, *, keys: KeyMap | None = None, filter_key: str | None = None,
-                      fps: int | None = None, repo_id: str | None = None, overwrite: bool = False) -> dict:
-    """robomimic hdf5 -> LeRobotDataset. ``fps`` defaults to ``env_args.env_kwargs.control_freq`` (else 20)."""
+def convert_robomimic(path: str | Path, out: str | Path, *, keys: KeyMap | None = None,
+                      filter_key: str | None = None, fps: int | None = None, repo_id: str | None = None,
+                      overwrite: bool = False) -> dict:
+    """robomimic hdf5 -> LeRobotDataset. ``fps`` defaults to ``env_args.env_kwargs.control_freq`` (else
+    20)."""
     path = Path(path)
     check_output_path(out, overwrite)
     episodes, env_args, obs_info = robomimic_episodes(path, filter_key)
@@ -299,7 +312,7 @@ def convert_robomimic(path: str | Path, out: str | Path, *, keys: KeyMap | None 
                          repo_id=repo_id or f"local/{path.stem}", overwrite=overwrite, provenance=prov)
 
 
-# -- diffusion_policy zarr ReplayBuffer -------------------------------------------------------------------------
+# -- diffusion_policy zarr ReplayBuffer --------------------------------------------------------------------
 
 
 def _open_zarr(path: Path):
@@ -312,11 +325,13 @@ def _open_zarr(path: Path):
             return zarr.open_group(store, mode="r")
         return zarr.open_group(str(path), mode="r")
     except Exception as e:
-        raise DatasetFormatError(src, f"cannot open as a zarr group (corrupt or not a ReplayBuffer?): {e}") from e
+        raise DatasetFormatError(
+            src, f"cannot open as a zarr group (corrupt or not a ReplayBuffer?): {e}") from e
 
 
 def zarr_episodes(path: Path) -> tuple[list[Episode], dict[str, tuple]]:
-    """Split a diffusion_policy ReplayBuffer (``data/<key>`` of length N, ``meta/episode_ends``) into episodes."""
+    """Split a diffusion_policy ReplayBuffer (``data/<key>`` of length N, ``meta/episode_ends``) into
+    episodes."""
     src = str(path)
     root = _open_zarr(path)
     for group in ("data", "meta"):
@@ -329,8 +344,9 @@ def zarr_episodes(path: Path) -> tuple[list[Episode], dict[str, tuple]]:
     info = {k: (data[k].shape, data[k].dtype) for k in data.array_keys()}
     total = {k: shape[0] for k, (shape, _) in info.items()}
     if len(ends) and (np.any(np.diff(ends) <= 0) or ends[0] <= 0):
-        raise DatasetFormatError(src, f"episode_ends must be strictly increasing and positive, got {ends[:10]}...",
-                                 key="meta/episode_ends")
+        raise DatasetFormatError(
+            src, f"episode_ends must be strictly increasing and positive, got {ends[:10]}...",
+            key="meta/episode_ends")
     for k, n in total.items():
         if len(ends) and n != ends[-1]:
             raise DatasetFormatError(src, f"has {n} steps but meta/episode_ends ends at {ends[-1]}",
@@ -370,20 +386,25 @@ def missing_chunks(arr) -> list[tuple[str, int, int]]:
 
 
 def check_zarr_chunks(path: Path, names: list[str]) -> None:
-    """Refuse (:class:`DatasetFormatError`) if any of the arrays ``names`` (e.g. ``data/action``) lacks a chunk."""
+    """Refuse (:class:`DatasetFormatError`) if one of the arrays ``names`` (e.g. ``data/action``) lacks a
+    chunk."""
     root = _open_zarr(path)
     for name in names:
         miss = missing_chunks(root[name])
         if miss:
-            shown = ", ".join(f"{k} (rows {lo}-{hi})" for k, lo, hi in miss[:5]) + (" ..." if len(miss) > 5 else "")
+            shown = ", ".join(f"{k} (rows {lo}-{hi})" for k, lo, hi in miss[:5])
+            shown += " ..." if len(miss) > 5 else ""
             raise DatasetFormatError(
-                str(path), f"{len(miss)} chunk(s) missing from the store: {shown}; zarr would read them as the fill "
-                f"value {root[name].fill_value!r}. Restore the file, or pass --allow-missing-chunks if they were "
-                "skipped because they hold only the fill value (zarr >= 3 write_empty_chunks=False)", key=name)
+                str(path), f"{len(miss)} chunk(s) missing from the store: {shown}; zarr would read them as "
+                f"the fill value {root[name].fill_value!r}. Restore the file, or pass --allow-missing-chunks "
+                "if they were skipped because they hold only the fill value (zarr >= 3 "
+                "write_empty_chunks=False)",
+                key=name)
 
 
 def zarr_keymap(info: dict[str, tuple]) -> KeyMap:
-    """Default ReplayBuffer mapping (Push-T): ``state`` / ``keypoint`` / uint8 ``(N,H,W,3)`` arrays / ``action``."""
+    """Default ReplayBuffer mapping (Push-T): ``state`` / ``keypoint`` / uint8 ``(N,H,W,3)`` arrays /
+    ``action``."""
     images = [k for k, (shape, dtype) in info.items() if len(shape) == 4 and shape[-1] == 3]
     state = ["state"] if "state" in info else [k for k in info if k.endswith("state") or k.endswith("pos")]
     env_state = ["keypoint"] if "keypoint" in info else []
@@ -413,7 +434,7 @@ def convert_zarr(path: str | Path, out: str | Path, *, keys: KeyMap | None = Non
                          repo_id=repo_id or f"local/{stem}", overwrite=overwrite, provenance=prov)
 
 
-# -- Minari ------------------------------------------------------------------------------------------------------
+# -- Minari -------------------------------------------------------------------------------------------------
 
 
 def _flatten_minari_obs(obs) -> dict[str, np.ndarray]:
@@ -427,13 +448,15 @@ def _flatten_minari_obs(obs) -> dict[str, np.ndarray]:
 
 
 def minari_episodes(dataset_id: str) -> tuple[list[Episode], dict, int | None]:
-    """Episodes of a locally stored Minari dataset (never downloads). Returns episodes, obs keys, fps if known."""
+    """Episodes of a locally stored Minari dataset (never downloads). Returns episodes, obs keys, fps if
+    known."""
     import minari
 
     local = minari.list_local_datasets()
     if dataset_id not in local:
-        raise DatasetFormatError(dataset_id, f"not a local Minari dataset (local: {sorted(local)}); this converter "
-                                 "never downloads — set MINARI_DATASETS_PATH or run `minari download` elsewhere")
+        raise DatasetFormatError(
+            dataset_id, f"not a local Minari dataset (local: {sorted(local)}); this converter never "
+            "downloads — set MINARI_DATASETS_PATH or run `minari download` elsewhere")
     ds = minari.load_dataset(dataset_id)
     ids = sorted(int(i) for i in ds.episode_indices)
     fps = None
@@ -447,11 +470,13 @@ def minari_episodes(dataset_id: str) -> tuple[list[Episode], dict, int | None]:
             try:
                 ep = ds[i]
             except Exception as e:
-                raise DatasetFormatError(dataset_id, f"cannot read episode ({type(e).__name__}: {e})", str(i)) from e
+                raise DatasetFormatError(
+                    dataset_id, f"cannot read episode ({type(e).__name__}: {e})", str(i)) from e
             obs = {k: v[:-1] for k, v in _flatten_minari_obs(ep.observations).items()}  # T+1 observations
             obs = {("observation" if k == "" else k): v for k, v in obs.items()}
             dones = np.logical_or(ep.terminations, ep.truncations)
-            return {**obs, "action": np.asarray(ep.actions), "rewards": np.asarray(ep.rewards), "dones": dones}
+            return {**obs, "action": np.asarray(ep.actions), "rewards": np.asarray(ep.rewards),
+                    "dones": dones}
 
         return load
 
@@ -467,7 +492,8 @@ def minari_keymap(info: dict) -> KeyMap:
 
 def convert_minari(dataset_id: str, out: str | Path, *, keys: KeyMap | None = None, fps: int | None = None,
                    repo_id: str | None = None, overwrite: bool = False) -> dict:
-    """Local Minari dataset -> LeRobotDataset (observation ``t`` paired with action ``t``; the last obs dropped)."""
+    """Local Minari dataset -> LeRobotDataset (observation ``t`` paired with action ``t``; the last
+    observation dropped)."""
     check_output_path(out, overwrite)
     episodes, info, env_fps = minari_episodes(dataset_id)
     keys = keys or minari_keymap(info)
@@ -478,7 +504,7 @@ def convert_minari(dataset_id: str, out: str | Path, *, keys: KeyMap | None = No
                          provenance=prov)
 
 
-# -- CLI --------------------------------------------------------------------------------------------------------
+# -- CLI ----------------------------------------------------------------------------------------------------
 
 
 def _keys_from_args(a) -> KeyMap | None:
@@ -493,11 +519,12 @@ def _keys_from_args(a) -> KeyMap | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pusht"]:  # preset for Chi et al.'s Push-T zarr (gym-pusht features): cdp_plugin.data.pusht
+    if argv[:1] == ["pusht"]:  # Chi et al.'s Push-T zarr with gym-pusht features: cdp_plugin.data.pusht
         from cdp_plugin.data.pusht import convert_main
 
         return convert_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m cdp_plugin.data.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cdp_plugin.data.convert",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("format", choices=["robomimic", "zarr", "minari"])
     p.add_argument("source", help="hdf5 file, zarr directory/.zip, or local Minari dataset id")
     p.add_argument("--out", type=Path, required=True)
@@ -506,9 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--filter-key", default=None, help="robomimic: only demos in mask/<key> (e.g. train)")
     p.add_argument("--task", default=None, help="zarr: task string stored with every frame")
     p.add_argument("--state-keys", default=None, help="comma-separated source keys for observation.state")
-    p.add_argument("--env-state-keys", default=None, help="comma-separated keys for observation.environment_state")
+    p.add_argument("--env-state-keys", default=None,
+                   help="comma-separated keys for observation.environment_state")
     p.add_argument("--image-keys", default=None, help="comma-separated uint8 image keys")
-    p.add_argument("--action-key", default="action", help="action key (robomimic: 'actions' is read as 'action')")
+    p.add_argument("--action-key", default="action",
+                   help="action key (robomimic: 'actions' is read as 'action')")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is a dataset this tool wrote (anything else is refused)")
     p.add_argument("--allow-missing-chunks", action="store_true",
@@ -520,10 +549,12 @@ def main(argv: list[str] | None = None) -> int:
             summary = convert_robomimic(a.source, a.out, keys=keys, filter_key=a.filter_key, fps=a.fps,
                                         repo_id=a.repo_id, overwrite=a.overwrite)
         elif a.format == "zarr":
-            summary = convert_zarr(a.source, a.out, keys=keys, fps=a.fps or 10, task=a.task, repo_id=a.repo_id,
-                                   overwrite=a.overwrite, allow_missing_chunks=a.allow_missing_chunks)
+            summary = convert_zarr(a.source, a.out, keys=keys, fps=a.fps or 10, task=a.task,
+                                   repo_id=a.repo_id, overwrite=a.overwrite,
+                                   allow_missing_chunks=a.allow_missing_chunks)
         else:
-            summary = convert_minari(a.source, a.out, keys=keys, fps=a.fps, repo_id=a.repo_id, overwrite=a.overwrite)
+            summary = convert_minari(a.source, a.out, keys=keys, fps=a.fps, repo_id=a.repo_id,
+                                     overwrite=a.overwrite)
     except (DatasetFormatError, OutputPathError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

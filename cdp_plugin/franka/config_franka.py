@@ -45,7 +45,8 @@ class FrankaConfig(RobotConfig):
     max_step_rot: float = 0.2
     max_step_joint: float = 0.15
     # An action further than this beyond the workspace box, or an ee_delta step larger than
-    # abort_factor * max_step_pos, is treated as out of range: the arm is stopped and FrankaSafetyError raised.
+    # abort_factor * max_step_pos, is treated as out of range: the arm is stopped and FrankaSafetyError
+    # raised.
     # (An absolute target far from the measured pose is clamped, never aborted: the distance includes the
     # arm's lag, which depends on how fast the control loop runs.)
     abort_margin: float = 0.10

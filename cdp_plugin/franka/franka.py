@@ -70,7 +70,8 @@ class FrankaControlError(RuntimeError):
 
 
 class FrankaScene(Protocol):
-    """What a :class:`Franka` robot hosts besides the arm (e.g. a simulated scene); the driver only calls these.
+    """What a :class:`Franka` robot hosts besides the arm (e.g. a simulated scene); the driver calls only
+    these.
 
     ``observation_features`` are added to the robot's observation (floats named ``*.pos``/``*.vel`` reach
     ``lerobot-rollout``). ``start`` runs before franky connects (a simulator starts serving the robot's
@@ -320,8 +321,8 @@ class Franka(Robot):
             else:
                 hint = "call recover() (libfranka's automatic error recovery) or reconnect()"
             raise FrankaControlError(
-                f"{self} ({self.config.ip}): {what} failed: franky/libfranka reported {type(e).__name__}: {e}; "
-                f"{hint}"
+                f"{self} ({self.config.ip}): {what} failed: franky/libfranka reported "
+                f"{type(e).__name__}: {e}; {hint}"
             ) from e
 
     def get_observation(self) -> dict[str, Any]:
@@ -454,11 +455,12 @@ class Franka(Robot):
                 f"TCP target {np.round(p_req, 4).tolist()} is more than {cfg.abort_margin} m outside the "
                 f"workspace box {cfg.workspace_min}..{cfg.workspace_max}"
             )
-        # A target far from the measured TCP is clamped below, never aborted: the distance includes how far the
-        # arm lags behind its targets, which grows when the control loop runs slowly (a busy machine).
+        # A target far from the measured TCP is clamped below, never aborted: the distance includes how far
+        # the arm lags behind its targets, which grows when the control loop runs slowly (a busy machine).
         p = np.clip(p_req, lo, hi)
         if not np.allclose(p, p_req):
-            self._warn(f"TCP target {np.round(p_req, 4).tolist()} clamped into workspace -> {np.round(p, 4).tolist()}")
+            self._warn(f"TCP target {np.round(p_req, 4).tolist()} clamped into workspace -> "
+                       f"{np.round(p, 4).tolist()}")
         d = p - cur_p
         n = float(np.linalg.norm(d))
         if n > cfg.max_step_pos:

@@ -135,8 +135,9 @@ def run_episode(robot, act_fn, max_steps: int = 80, fps: int = FPS, on_frame=Non
             "wall_s": time.perf_counter() - t_start}
 
 
-def record_dataset(root: str | Path, n_episodes: int, repo_id: str = "local/franka_slide", host: str = "127.0.0.1",
-                   seed: int = 0, max_steps: int = 80, camera: bool = True, only_success: bool = True) -> dict:
+def record_dataset(root: str | Path, n_episodes: int, repo_id: str = "local/franka_slide",
+                   host: str = "127.0.0.1", seed: int = 0, max_steps: int = 80, camera: bool = True,
+                   only_success: bool = True) -> dict:
     """Record scripted-expert episodes through the franka robot into a LeRobotDataset at ``root``."""
     from lerobot.datasets import LeRobotDataset
     from lerobot.robots import make_robot_from_config
@@ -179,7 +180,8 @@ def record_dataset(root: str | Path, n_episodes: int, repo_id: str = "local/fran
             "saved_episodes": n_ok if only_success else n_episodes, "results": results}
 
 
-def to_state_dataset(src_root: str | Path, dst_root: str | Path, repo_id: str = "local/franka_slide_state") -> dict:
+def to_state_dataset(src_root: str | Path, dst_root: str | Path,
+                     repo_id: str = "local/franka_slide_state") -> dict:
     """Copy a recorded Slide dataset into a low-dimensional variant for quick CPU training.
 
     ``observation.state`` keeps the robot's proprioception, ``observation.environment_state`` holds the
@@ -199,10 +201,12 @@ def to_state_dataset(src_root: str | Path, dst_root: str | Path, repo_id: str = 
     block_idx = [names.index(n) for n in BLOCK_KEYS]
     features = {
         "action": info["features"]["action"],
-        "observation.state": {"dtype": "float32", "shape": (len(robot_idx),), "names": [names[i] for i in robot_idx]},
+        "observation.state": {"dtype": "float32", "shape": (len(robot_idx),),
+                              "names": [names[i] for i in robot_idx]},
         "observation.environment_state": {"dtype": "float32", "shape": (2,), "names": list(BLOCK_KEYS)},
     }
-    ds = LeRobotDataset.create(repo_id, info["fps"], features=features, root=dst_root, robot_type=info["robot_type"],
+    ds = LeRobotDataset.create(repo_id, info["fps"], features=features, root=dst_root,
+                               robot_type=info["robot_type"],
                                use_videos=False)
     cols = ["action", "observation.state", "episode_index"]
     tables = [pq.read_table(p, columns=cols) for p in sorted((src_root / "data").rglob("*.parquet"))]
@@ -232,7 +236,8 @@ def evaluate_expert(n_episodes: int, host: str = "127.0.0.1", seed: int = 0, max
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        robot = make_robot_from_config(slide_robot_config(host, seed, camera=False, calibration_dir=Path(tmp)))
+        cfg = slide_robot_config(host, seed, camera=False, calibration_dir=Path(tmp))
+        robot = make_robot_from_config(cfg)
         rng = np.random.default_rng(seed)
         results = []
         robot.connect()
@@ -240,7 +245,8 @@ def evaluate_expert(n_episodes: int, host: str = "127.0.0.1", seed: int = 0, max
             t = robot.scene.sim.task
             expert = SlideExpert()
             for ep in range(n_episodes):
-                reset_episode(robot, (rng.uniform(*t.block_x_range), rng.uniform(*t.block_y_range)), home=ep == 0)
+                xy = (rng.uniform(*t.block_x_range), rng.uniform(*t.block_y_range))
+                reset_episode(robot, xy, home=ep == 0)
                 results.append(run_episode(robot, expert, max_steps=max_steps))
                 logger.info("expert episode %d: %s", ep, results[-1])
         finally:
@@ -265,7 +271,7 @@ def evaluate_policy(policy_path: str | Path, n_episodes: int, host: str = "127.0
     register_third_party_plugins()  # as LeRobot's CLIs do: makes `cdp` (and other plugin types) loadable
     from cdp_plugin.policy.safe_load import validate_processor_files
 
-    validate_processor_files(policy_path)  # only registered processor steps (no code from the checkpoint's JSON)
+    validate_processor_files(policy_path)  # only registered processor steps (no code from the JSON)
     pcfg = PreTrainedConfig.from_pretrained(policy_path)
     for k, v in (overrides or {}).items():
         setattr(pcfg, k, v)
@@ -289,7 +295,8 @@ def evaluate_policy(policy_path: str | Path, n_episodes: int, host: str = "127.0
             names = features["observation.state"]["names"]
             features["observation.state"] = {"dtype": "float32", "shape": (len(names) - 2,),
                                              "names": [n for n in names if n not in BLOCK_KEYS]}
-            features["observation.environment_state"] = {"dtype": "float32", "shape": (2,), "names": list(BLOCK_KEYS)}
+            features["observation.environment_state"] = {"dtype": "float32", "shape": (2,),
+                                                         "names": list(BLOCK_KEYS)}
 
         def act(obs):
             nonlocal infer_s, n_infer
@@ -342,5 +349,6 @@ def free_loopback_host(seed: int | None = None) -> str:
     raise RuntimeError("no free loopback address found")
 
 
-__all__ = ["SlideExpert", "to_state_dataset", "evaluate_expert", "evaluate_policy", "free_loopback_host", "record_dataset", "reset_episode",
-           "rollout_features", "run_episode", "slide_robot_config", "TASK_TEXT", "FPS"]
+__all__ = ["SlideExpert", "to_state_dataset", "evaluate_expert", "evaluate_policy", "free_loopback_host",
+           "record_dataset", "reset_episode", "rollout_features", "run_episode", "slide_robot_config",
+           "TASK_TEXT", "FPS"]

@@ -210,7 +210,8 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
     raise AssertionError(f"cdp-policy-server did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
-def test_plugin_import_registers_cdp_with_async_server():
+def test_plugin_import_registers_cdp_with_async_server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # importing LeRobot's async modules creates ./logs/
     from lerobot.async_inference import constants, policy_server
 
     assert "cdp" in constants.SUPPORTED_POLICIES

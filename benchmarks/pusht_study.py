@@ -65,6 +65,7 @@ class Study:
     eval_episodes: int = 50
     episode_length: int = 300
     threads: int = 1
+    num_workers: int = 1  # a data-loading process beside the update (LeRobot's loader dominates on CPU)
 
     def train_flags(self) -> list[str]:
         return [
@@ -73,7 +74,8 @@ class Study:
             f"--policy.n_obs_steps={self.n_obs_steps}",
             f"--policy.down_dims=[{','.join(map(str, self.down_dims))}]",
             f"--policy.diffusion_step_embed_dim={self.embed_dim}", f"--policy.optimizer_lr={self.lr}",
-            f"--policy.scheduler_warmup_steps={self.warmup}", f"--batch_size={self.batch_size}", "--num_workers=0",
+            f"--policy.scheduler_warmup_steps={self.warmup}", f"--batch_size={self.batch_size}",
+            f"--num_workers={self.num_workers}",
             "--wandb.enable=false", f"--steps={self.steps}", f"--log_freq={max(1, self.save_every // 5)}",
             f"--save_freq={self.save_every}",
         ]

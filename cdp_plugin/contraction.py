@@ -127,45 +127,93 @@ class ContractionConfig:
     meaning is in its ``metadata["doc"]`` (see :func:`field_docs`).
     """
 
-    loss: str = field(default="frobenius", metadata=_doc(
-        "`frobenius` (Frobenius norm of J_x0 + beta I), `hinge` (on the eigenvalues of sym J_x0) or `none`"))
-    estimator: str = field(default="fd_probe", metadata=_doc(
-        "frobenius: `fd_probe` (first-order probe in the same forward pass), `hutchinson` (official symmetric "
-        "form, double backward), `exact` (full Jacobian, D <= 256); hinge: `lanczos`, `exact`"))
-    weight: float = field(default=0.1, metadata=_doc(
-        "gamma, weight of the penalty in the total loss (per-dimension units, see `normalization`)"))
-    margin: float = field(default=0.1, metadata=_doc(
-        "beta: Frobenius target `-beta I`; hinge threshold shrunk by beta (`margin_mode`)"))
-    margin_mode: str = field(default="relative", metadata=_doc(
-        "hinge threshold `(1-beta) thr` (`relative`) or `thr - beta` (`additive`)"))
-    normalization: str = field(default="per_dim", metadata=_doc(
-        "squared Frobenius norm of `w_t (J_x0 + beta I)` over D (`per_dim`: the mean squared singular value, "
-        "same gamma at every D) or over D^2 (`paper_d2`, the paper's mean over entries); "
-        "gamma_per_dim = gamma_paper / D"))
+    loss: str = field(
+        default="frobenius",
+        metadata=_doc(
+            "`frobenius` (Frobenius norm of J_x0 + beta I), `hinge` (on the eigenvalues of sym J_x0) "
+            "or `none`"
+        ),
+    )
+    estimator: str = field(
+        default="fd_probe",
+        metadata=_doc(
+            "frobenius: `fd_probe` (first-order probe in the same forward pass), `hutchinson` (official "
+            "symmetric form, double backward), `exact` (full Jacobian, D <= 256); hinge: `lanczos`, `exact`"
+        ),
+    )
+    weight: float = field(
+        default=0.1,
+        metadata=_doc(
+            "gamma, weight of the penalty in the total loss (per-dimension units, see `normalization`)"
+        ),
+    )
+    margin: float = field(
+        default=0.1,
+        metadata=_doc("beta: Frobenius target `-beta I`; hinge threshold shrunk by beta (`margin_mode`)"),
+    )
+    margin_mode: str = field(
+        default="relative",
+        metadata=_doc("hinge threshold `(1-beta) thr` (`relative`) or `thr - beta` (`additive`)"),
+    )
+    normalization: str = field(
+        default="per_dim",
+        metadata=_doc(
+            "squared Frobenius norm of `w_t (J_x0 + beta I)` over D (`per_dim`: the mean squared singular "
+            "value, same gamma at every D) or over D^2 (`paper_d2`, the paper's mean over entries); "
+            "gamma_per_dim = gamma_paper / D"
+        ),
+    )
     num_probes: int = field(default=1, metadata=_doc("Hutchinson probes per sample"))
     probe: str = field(default="rademacher", metadata=_doc("probe distribution (`rademacher`, `gaussian`)"))
-    fd_step: float = field(default=1e-3, metadata=_doc(
-        "finite-difference step of `fd_probe` (raised to 0.05 under AMP autocast)"))
+    fd_step: float = field(
+        default=1e-3,
+        metadata=_doc("finite-difference step of `fd_probe` (raised to 0.05 under AMP autocast)"),
+    )
     lanczos_iters: int = field(default=8, metadata=_doc("Lanczos steps (hinge and diagnostics)"))
-    batch_fraction: float = field(default=0.25, metadata=_doc(
-        "share of the batch the penalty is computed on (its mean over these rows: changes the variance, "
-        "not the strength)"))
+    batch_fraction: float = field(
+        default=0.25,
+        metadata=_doc(
+            "share of the batch the penalty is computed on (its mean over these rows: changes the variance, "
+            "not the strength)"
+        ),
+    )
     every: int = field(default=1, metadata=_doc("penalty every k-th training step"))
-    noise_window: tuple[float, float] = field(default=(0.0, 1.0), metadata=_doc(
-        "penalise only training noise levels `t/T` in `[lo, hi)`; `[0, 0.1]` is the paper's RL setting"))
-    step_window: tuple[float, float] = field(default=(0.0, 1.0), metadata=_doc(
-        "penalise only the deployed sampler's steps at positions `[lo, hi)` of its k steps counted from the "
-        "last (lowest-noise) one, e.g. `[0, 0.2]` = the last 2 of 10; a training t counts for the grid "
-        "step nearest to it"))
-    threshold: str = field(default="sampler", metadata=_doc(
-        "hinge threshold and violation diagnostic: the deployed sampler's exact per-step bounds on the "
-        "eigenvalues of sym J_x0 (`sampler`; `alpha` where the sampler has none) or the continuous `alpha_t`"))
-    residual_weight: str = field(default="auto", metadata=_doc(
-        "epsilon networks: residuals scaled by alpha_t so high-noise steps stay finite (`alpha`, `none`)"))
+    noise_window: tuple[float, float] = field(
+        default=(0.0, 1.0),
+        metadata=_doc(
+            "penalise only training noise levels `t/T` in `[lo, hi)`; `[0, 0.1]` is the paper's RL setting"
+        ),
+    )
+    step_window: tuple[float, float] = field(
+        default=(0.0, 1.0),
+        metadata=_doc(
+            "penalise only the deployed sampler's steps at positions `[lo, hi)` of its k steps counted from "
+            "the last (lowest-noise) one, e.g. `[0, 0.2]` = the last 2 of 10; a training t counts for the "
+            "grid step nearest to it"
+        ),
+    )
+    threshold: str = field(
+        default="sampler",
+        metadata=_doc(
+            "hinge threshold and violation diagnostic: the exact per-step bounds of the deployed sampler's "
+            "grid on the eigenvalues of sym J_x0, both ends (`sampler`), or the continuous alpha_t (`alpha`)"
+        ),
+    )
+    residual_weight: str = field(
+        default="auto",
+        metadata=_doc(
+            "epsilon networks: residuals scaled by alpha_t so high-noise steps stay finite (`alpha`, `none`)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         # front ends hand over yaml / json / hydra values: coerce to the annotated type, with the field's name
-        cast = {"float": float, "int": int, "str": str, "tuple[float, float]": lambda v: tuple(float(x) for x in v)}
+        cast = {
+            "float": float,
+            "int": int,
+            "str": str,
+            "tuple[float, float]": lambda v: tuple(float(x) for x in v),
+        }
         for f in fields(self):
             v = getattr(self, f.name)
             try:
@@ -180,29 +228,43 @@ class ContractionConfig:
         names = estimator_names(self.loss)
         if self.loss != "none" and self.estimator not in names:
             raise ValueError(
-                f"estimator {self.estimator!r} does not fit contraction loss {self.loss!r}; choose one of {names}"
+                f"estimator {self.estimator!r} does not fit contraction loss {self.loss!r}; "
+                f"choose one of {names}"
             )
         w, m = self.weight, self.margin
         checks = [
             (w >= 0 and math.isfinite(w), f"contraction weight must be finite and >= 0, got {w}"),
             (m >= 0 and math.isfinite(m), f"contraction margin must be finite and >= 0, got {m}"),
-            (self.margin_mode in ("relative", "additive"),
-             f"margin_mode must be 'relative' or 'additive', got {self.margin_mode!r}"),
-            (self.normalization in NORMALIZATIONS,
-             f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"),
+            (
+                self.margin_mode in ("relative", "additive"),
+                f"margin_mode must be 'relative' or 'additive', got {self.margin_mode!r}",
+            ),
+            (
+                self.normalization in NORMALIZATIONS,
+                f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}",
+            ),
             (self.num_probes >= 1, f"num_probes must be >= 1, got {self.num_probes}"),
-            (self.probe in ("rademacher", "gaussian"), f"probe must be 'rademacher' or 'gaussian', got {self.probe!r}"),
+            (
+                self.probe in ("rademacher", "gaussian"),
+                f"probe must be 'rademacher' or 'gaussian', got {self.probe!r}",
+            ),
             (self.fd_step > 0, f"fd_step must be > 0, got {self.fd_step}"),
             (self.lanczos_iters >= 2, f"lanczos_iters must be >= 2, got {self.lanczos_iters}"),
             (0 < self.batch_fraction <= 1, f"batch_fraction must be in (0, 1], got {self.batch_fraction}"),
             (self.every >= 1, f"every must be >= 1, got {self.every}"),
-            (len(self.noise_window) == 2 and 0 <= self.noise_window[0] < self.noise_window[1] <= 1,
-             f"noise_window must be (lo, hi) with 0 <= lo < hi <= 1, got {self.noise_window}"),
-            (len(self.step_window) == 2 and 0 <= self.step_window[0] < self.step_window[1] <= 1,
-             f"step_window must be (lo, hi) with 0 <= lo < hi <= 1, got {self.step_window}"),
+            (
+                len(self.noise_window) == 2 and 0 <= self.noise_window[0] < self.noise_window[1] <= 1,
+                f"noise_window must be (lo, hi) with 0 <= lo < hi <= 1, got {self.noise_window}",
+            ),
+            (
+                len(self.step_window) == 2 and 0 <= self.step_window[0] < self.step_window[1] <= 1,
+                f"step_window must be (lo, hi) with 0 <= lo < hi <= 1, got {self.step_window}",
+            ),
             (self.threshold in THRESHOLDS, f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}"),
-            (self.residual_weight in ("auto", "alpha", "none"),
-             f"residual_weight must be 'auto', 'alpha' or 'none', got {self.residual_weight!r}"),
+            (
+                self.residual_weight in ("auto", "alpha", "none"),
+                f"residual_weight must be 'auto', 'alpha' or 'none', got {self.residual_weight!r}",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -247,7 +309,9 @@ def _check_prediction_type(prediction_type: str) -> None:
 def _check_finite(**tensors: Tensor) -> None:
     for name, t in tensors.items():
         if t is not None and not torch.isfinite(t).all():
-            raise ValueError(f"contraction: non-finite values in {name} ({(~torch.isfinite(t)).sum().item()} entries)")
+            raise ValueError(
+                f"contraction: non-finite values in {name} ({(~torch.isfinite(t)).sum().item()} entries)"
+            )
 
 
 def _per_sample(v: Tensor | float, batch: int, like: Tensor, name: str) -> Tensor:
@@ -301,7 +365,9 @@ class _SymMatvec:
         with torch.enable_grad():
             self.y = fn(self.x)
         if self.y.shape != self.x.shape:
-            raise ValueError(f"denoiser output shape {tuple(self.y.shape)} != input shape {tuple(self.x.shape)}")
+            raise ValueError(
+                f"denoiser output shape {tuple(self.y.shape)} != input shape {tuple(self.x.shape)}"
+            )
         self.u = torch.zeros_like(self.y, requires_grad=True)
         self._g = None
         self.a = None if a is None else _bview(a, x)
@@ -348,7 +414,9 @@ def exact_jacobian(fn: Denoiser, x: Tensor, create_graph: bool = True) -> Tensor
     B = x.shape[0]
     D = x[0].numel()
     if D > EXACT_MAX_DIM:
-        raise ValueError(f"exact Jacobian refused for D={D} > {EXACT_MAX_DIM}: use 'hutchinson', 'fd_probe' or 'lanczos'")
+        raise ValueError(
+            f"exact Jacobian refused for D={D} > {EXACT_MAX_DIM}: use 'hutchinson', 'fd_probe' or 'lanczos'"
+        )
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
         y = fn(xg).reshape(B, D)
@@ -356,7 +424,9 @@ def exact_jacobian(fn: Denoiser, x: Tensor, create_graph: bool = True) -> Tensor
         for i in range(D):
             e = torch.zeros_like(y)
             e[:, i] = 1.0
-            rows.append(torch.autograd.grad(y, xg, e, retain_graph=True, create_graph=create_graph)[0].reshape(B, D))
+            rows.append(
+                torch.autograd.grad(y, xg, e, retain_graph=True, create_graph=create_graph)[0].reshape(B, D)
+            )
     return torch.stack(rows, dim=1)  # J[b, i, j] = d y_i / d x_j
 
 
@@ -395,7 +465,12 @@ def lanczos_extreme_eigs(
     D = x_like[0].numel()
     k = max(1, min(num_iters, D))
     dt = torch.float64 if x_like.dtype == torch.float64 else torch.float32
-    q = (v0 if v0 is not None else _probes(shape, x_like, "gaussian", generator)).detach().reshape(B, D).to(dt)
+    q = (
+        (v0 if v0 is not None else _probes(shape, x_like, "gaussian", generator))
+        .detach()
+        .reshape(B, D)
+        .to(dt)
+    )
     q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-30)
     Q = [q]
     alphas, betas = [], []
@@ -416,7 +491,11 @@ def lanczos_extreme_eigs(
         for _ in range(2):
             fresh = fresh - torch.einsum("bj,bjd->bd", torch.einsum("bjd,bd->bj", Qm, fresh), Qm)
         broke = (b <= 1e-7 * torch.stack(alphas, 1).abs().amax(1).clamp_min(1e-12)).unsqueeze(1)
-        nxt = torch.where(broke, fresh / fresh.norm(dim=1, keepdim=True).clamp_min(1e-30), w / b.unsqueeze(1).clamp_min(1e-30))
+        nxt = torch.where(
+            broke,
+            fresh / fresh.norm(dim=1, keepdim=True).clamp_min(1e-30),
+            w / b.unsqueeze(1).clamp_min(1e-30),
+        )
         betas[-1] = torch.where(broke.squeeze(1), torch.zeros_like(b), b)
         Q.append(nxt)
     m = len(alphas)
@@ -489,13 +568,19 @@ def hutchinson_frobenius(
         num_probes = probes.shape[0]
     total = 0.0
     for k in range(num_probes):
-        v = probes[k].to(x_like.dtype) if probes is not None else _probes(x_like.shape, x_like, probe, generator)
+        v = (
+            probes[k].to(x_like.dtype)
+            if probes is not None
+            else _probes(x_like.shape, x_like, probe, generator)
+        )
         r = matvec(v, create_graph=create_graph) + shift * v
         total = total + r.flatten(1).pow(2).sum(1)
     return total / num_probes
 
 
-def fd_probe_rows(x_t: Tensor, fd_step: float, probe: str = "rademacher", generator: torch.Generator | None = None):
+def fd_probe_rows(
+    x_t: Tensor, fd_step: float, probe: str = "rademacher", generator: torch.Generator | None = None
+):
     """Perturbed rows ``x_t + h v`` to append to the denoising batch, and the probes ``v``.
 
     Returns ``(x_pert, v)`` shaped like ``x_t``. Front ends use :func:`penalty_rows`, which also selects the
@@ -539,8 +624,9 @@ def fd_probe_penalty(
     return (_bview(w, vf) * r).flatten(1).pow(2).sum(1) / _norm_dim(D, normalization)
 
 
-def fd_probe_rayleigh(y: Tensor, y_pert: Tensor, v: Tensor, fd_step: float, alpha: Tensor, sigma: Tensor,
-                      prediction_type: str) -> Tensor:
+def fd_probe_rayleigh(
+    y: Tensor, y_pert: Tensor, v: Tensor, fd_step: float, alpha: Tensor, sigma: Tensor, prediction_type: str
+) -> Tensor:
     """Per-sample ``v^T J_x0 v / |v|^2`` from a probe pair (B,), no gradient: a cheap diagnostic that tracks
     the mean eigenvalue of sym J_x0 (``E_v`` of it is ``trace(J_x0) / D``)."""
     a, c = x0_jacobian_coeffs(alpha, sigma, prediction_type)
@@ -762,8 +848,18 @@ def _hinge(p: PenaltyInputs, lmin: Tensor, lmax: Tensor) -> Tensor:
 def frobenius_fd_probe(p: PenaltyInputs) -> tuple[Tensor, dict]:
     """``w_t^2 ||(J_x0 + beta I) v||^2 / N`` from the fused probe rows (first order, no double backward)."""
     r, cfg = p.rows, p.cfg
-    per = fd_probe_penalty(p.y, p.y_rows, r.v, r.fd_step, p.alpha, p.sigma, p.prediction_type, cfg.margin,
-                           cfg.residual_weight, cfg.normalization)
+    per = fd_probe_penalty(
+        p.y,
+        p.y_rows,
+        r.v,
+        r.fd_step,
+        p.alpha,
+        p.sigma,
+        p.prediction_type,
+        cfg.margin,
+        cfg.residual_weight,
+        cfg.normalization,
+    )
     ray = fd_probe_rayleigh(p.y, p.y_rows, r.v, r.fd_step, p.alpha, p.sigma, p.prediction_type)
     return per, {"probe_rayleigh": ray.mean().item()}
 
@@ -782,7 +878,9 @@ def frobenius_exact(p: PenaltyInputs) -> tuple[Tensor, dict]:
     S = _sym_x0_exact(p)
     D = S.shape[-1]
     eye = torch.eye(D, dtype=S.dtype, device=S.device)
-    per = (p.w.view(-1, 1, 1) * (S + p.cfg.margin * eye)).pow(2).flatten(1).sum(1) / _norm_dim(D, p.cfg.normalization)
+    per = (p.w.view(-1, 1, 1) * (S + p.cfg.margin * eye)).pow(2).flatten(1).sum(1) / _norm_dim(
+        D, p.cfg.normalization
+    )
     ev = torch.linalg.eigvalsh(S.detach())
     return per, {"lambda_min": ev[:, 0], "lambda_max": ev[:, -1]}
 
@@ -878,7 +976,9 @@ def penalty_from_outputs(
     xs, a_s, s_s = x_t[idx], alpha[idx], sigma[idx]
     D = xs[0].numel()
     if est.max_dim is not None and D > est.max_dim:
-        raise ValueError(f"estimator {cfg.estimator!r} refused for D={D} > {est.max_dim}: use a matrix-free one")
+        raise ValueError(
+            f"estimator {cfg.estimator!r} refused for D={D} > {est.max_dim}: use a matrix-free one"
+        )
     f = None if fn is None else (lambda x: fn(x, idx))  # noqa: E731
     if est.fused:
         if y_rows is None:  # the rows did not ride in a forward pass: run them now
@@ -898,14 +998,30 @@ def penalty_from_outputs(
     lower, upper = None, a_s
     if cfg.threshold == "sampler" and grid is not None and timesteps is not None:
         lower, upper = grid.bounds(timesteps[idx], a_s)
-    p = PenaltyInputs(xs, a_s, s_s, prediction_type, cfg, a, c, residual_scale(a_s, prediction_type, cfg.residual_weight),
-                      lower, upper, f=f, y=y_sel, y_rows=y_rows, rows=rows, generator=generator)
+    p = PenaltyInputs(
+        xs,
+        a_s,
+        s_s,
+        prediction_type,
+        cfg,
+        a,
+        c,
+        residual_scale(a_s, prediction_type, cfg.residual_weight),
+        lower,
+        upper,
+        f=f,
+        y=y_sel,
+        y_rows=y_rows,
+        rows=rows,
+        generator=generator,
+    )
     per, ediag = est.fn(p)
     lmin, lmax = ediag.pop("lambda_min", None), ediag.pop("lambda_max", None)
     diag.update(ediag)
     if lmax is None and eig_diagnostics and f is not None:
-        lmin, lmax = sym_extreme_eigs(f, xs.detach(), cfg.lanczos_iters, a_s, s_s, prediction_type,
-                                      generator=generator)
+        lmin, lmax = sym_extreme_eigs(
+            f, xs.detach(), cfg.lanczos_iters, a_s, s_s, prediction_type, generator=generator
+        )
     if lmax is not None:
         diag["lambda_min"], diag["lambda_max"] = lmin.mean().item(), lmax.mean().item()
         bad = lmax.detach() >= upper
@@ -916,7 +1032,8 @@ def penalty_from_outputs(
     if not torch.isfinite(loss):
         raise FloatingPointError(
             f"contraction penalty is non-finite ({loss.item()}); refusing to add it to the loss "
-            f"(estimator={cfg.estimator}, prediction_type={prediction_type}, min alpha_t={a_s.min().item():.3g})"
+            f"(estimator={cfg.estimator}, prediction_type={prediction_type}, "
+            f"min alpha_t={a_s.min().item():.3g})"
         )
     diag["penalty"] = loss.item()
     return loss, diag
@@ -947,5 +1064,17 @@ def contraction_penalty(
     cfg = cfg or ContractionConfig()
     _check_prediction_type(prediction_type)
     rows = penalty_rows(x_t, cfg, t_frac, probes=probes, generator=generator, timesteps=timesteps, grid=grid)
-    return penalty_from_outputs(rows, x_t, alpha, sigma, prediction_type, cfg, y=y, fn=fn, timesteps=timesteps,
-                                grid=grid, generator=generator, eig_diagnostics=eig_diagnostics)
+    return penalty_from_outputs(
+        rows,
+        x_t,
+        alpha,
+        sigma,
+        prediction_type,
+        cfg,
+        y=y,
+        fn=fn,
+        timesteps=timesteps,
+        grid=grid,
+        generator=generator,
+        eig_diagnostics=eig_diagnostics,
+    )

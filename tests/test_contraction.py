@@ -164,7 +164,12 @@ def _explicit_x0_sym(net, x, alpha, sigma, pt):
     J = exact_jacobian(net, x, create_graph=True)
     a, c = x0_jacobian_coeffs(alpha, sigma, pt)
     D = x.shape[1]
-    return a.view(-1, 1, 1) * torch.eye(D, dtype=DT) + c.view(-1, 1, 1) * 0.5 * (J + J.transpose(1, 2)), J, a, c
+    return (
+        a.view(-1, 1, 1) * torch.eye(D, dtype=DT) + c.view(-1, 1, 1) * 0.5 * (J + J.transpose(1, 2)),
+        J,
+        a,
+        c,
+    )
 
 
 def _grads(loss, net):
@@ -195,7 +200,9 @@ def test_penalty_gradients_match_exact_jacobian_penalty(pt):
     # hutchinson through the double-VJP oracle == the same probes applied to the explicit matrix
     seed = 11
     cfg = ContractionConfig(estimator="hutchinson", num_probes=3, batch_fraction=1.0)
-    loss, _ = contraction_penalty(net, x, alpha, sigma, pt, cfg, generator=torch.Generator().manual_seed(seed))
+    loss, _ = contraction_penalty(
+        net, x, alpha, sigma, pt, cfg, generator=torch.Generator().manual_seed(seed)
+    )
     gp = torch.Generator().manual_seed(seed)  # batch_fraction 1 draws nothing: the probe streams align
     ref = 0
     for _ in range(3):
@@ -212,14 +219,21 @@ def test_penalty_gradients_match_exact_jacobian_penalty(pt):
     h = 1e-6
     y = net(x)
     per = fd_probe_penalty(y, net(x + h * v), v, h, alpha, sigma, pt, beta)
-    ref = (w.view(-1, 1) * (torch.einsum("bij,bj->bi", a.view(-1, 1, 1) * eye + c.view(-1, 1, 1) * J, v) + beta * v)).pow(2).sum(1) / D
+    ref = (
+        w.view(-1, 1)
+        * (torch.einsum("bij,bj->bi", a.view(-1, 1, 1) * eye + c.view(-1, 1, 1) * J, v) + beta * v)
+    ).pow(2).sum(1) / D
     torch.testing.assert_close(per.to(DT), ref, rtol=1e-4, atol=1e-8)
     for g1, g2 in zip(_grads(per.sum(), net), _grads(ref.sum(), net)):
         torch.testing.assert_close(g1.to(DT), g2, rtol=1e-3, atol=1e-6)
 
     # hinge through Lanczos (Hellmann-Feynman) == hinge on the exact top eigenvalue
-    cfg = ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=D, margin=0.5, batch_fraction=1.0)
-    loss, diag = contraction_penalty(net, x, alpha, sigma, pt, cfg, generator=torch.Generator().manual_seed(0))
+    cfg = ContractionConfig(
+        loss="hinge", estimator="lanczos", lanczos_iters=D, margin=0.5, batch_fraction=1.0
+    )
+    loss, diag = contraction_penalty(
+        net, x, alpha, sigma, pt, cfg, generator=torch.Generator().manual_seed(0)
+    )
     lmax = torch.linalg.eigvalsh(S)[:, -1]
     ref = torch.relu(w * (lmax - 0.5 * alpha)).pow(2).mean()
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-9)
@@ -241,10 +255,12 @@ def test_gradcheck_hutchinson_oracle():
         mv = sym_jacobian_matvec(fn, x)
         return (mv(v) + 0.1 * v).pow(2).sum()
 
-    assert torch.autograd.gradcheck(f, (net.W.detach().clone().requires_grad_(), net.U.detach().clone().requires_grad_()))
+    assert torch.autograd.gradcheck(
+        f, (net.W.detach().clone().requires_grad_(), net.U.detach().clone().requires_grad_())
+    )
 
 
-# ---------------------------------------------------------------------------------- noise levels, cost controls
+# ------------------------------------------------------------------------------ noise levels, cost controls
 
 
 def test_epsilon_penalty_stays_finite_at_high_noise():
@@ -260,7 +276,14 @@ def test_epsilon_penalty_stays_finite_at_high_noise():
         grads = _grads(loss, net)
         assert all(torch.isfinite(gr).all() for gr in grads)
     # without the alpha weight the raw x0-Jacobian residual explodes as alpha -> 0
-    raw, _ = contraction_penalty(net, x, alpha, sigma, "epsilon", ContractionConfig(estimator="exact", residual_weight="none", batch_fraction=1.0))
+    raw, _ = contraction_penalty(
+        net,
+        x,
+        alpha,
+        sigma,
+        "epsilon",
+        ContractionConfig(estimator="exact", residual_weight="none", batch_fraction=1.0),
+    )
     assert raw.item() > 1e6
 
 
@@ -277,7 +300,9 @@ def test_cost_controls_select_samples():
     g = torch.Generator().manual_seed(0)
     net = LinearDenoiser(3, g)
     x = torch.randn(4, 3, generator=g, dtype=DT)
-    loss, diag = contraction_penalty(net, x, 0.5, 0.8, "sample", ContractionConfig(noise_window=(0.0, 0.1)), t_frac=torch.full((4,), 0.5))
+    loss, diag = contraction_penalty(
+        net, x, 0.5, 0.8, "sample", ContractionConfig(noise_window=(0.0, 0.1)), t_frac=torch.full((4,), 0.5)
+    )
     assert loss.item() == 0 and diag["penalty_samples"] == 0
 
 
@@ -340,7 +365,11 @@ def test_x0_matvec_affine_forms():
     sigma = (1 - alpha**2).sqrt()
     S = 0.5 * (A + A.transpose(1, 2))
     v = torch.randn(2, D, generator=g, dtype=DT)
-    for pt, a, c in [("sample", 0 * alpha, 1 + 0 * alpha), ("epsilon", 1 / alpha, -sigma / alpha), ("v_prediction", alpha, -sigma)]:
+    for pt, a, c in [
+        ("sample", 0 * alpha, 1 + 0 * alpha),
+        ("epsilon", 1 / alpha, -sigma / alpha),
+        ("v_prediction", alpha, -sigma),
+    ]:
         got = x0_sym_jacobian_matvec(linear_fn(A, (D,)), x, alpha, sigma, pt)(v)
         want = a[:, None] * v + c[:, None] * torch.einsum("bij,bj->bi", S, v)
         torch.testing.assert_close(got, want)
@@ -354,11 +383,20 @@ def test_diagnostics_report_eigenvalues_and_violations():
     x = torch.randn(2, D, generator=g, dtype=DT)
     fn = lambda z, i: linear_fn(A[i], (D,))(z)  # noqa: E731
     alpha = torch.tensor([0.9, 0.5], dtype=DT)
-    for cfg in (ContractionConfig(), ContractionConfig(estimator="hutchinson"), ContractionConfig(estimator="exact"),
-                ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=D)):
+    for cfg in (
+        ContractionConfig(),
+        ContractionConfig(estimator="hutchinson"),
+        ContractionConfig(estimator="exact"),
+        ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=D),
+    ):
         cfg.lanczos_iters = D
-        _, diag = contraction_penalty(fn, x, alpha, (1 - alpha**2).sqrt(), "sample", cfg, eig_diagnostics=True)
-        assert abs(diag["lambda_max"] - 2.0) < 1e-6 and abs(diag["lambda_min"] + 1.5) < 1e-6, (cfg.estimator, diag)
+        _, diag = contraction_penalty(
+            fn, x, alpha, (1 - alpha**2).sqrt(), "sample", cfg, eig_diagnostics=True
+        )
+        assert abs(diag["lambda_max"] - 2.0) < 1e-6 and abs(diag["lambda_min"] + 1.5) < 1e-6, (
+            cfg.estimator,
+            diag,
+        )
         assert diag["violation_frac"] == 1.0  # lambda_max = 2 >= alpha_t: the sampler expands here
 
 
@@ -389,14 +427,25 @@ def test_default_penalty_and_gradient_are_dimension_free(estimator):
         net = ScaledIdentity(c)
         x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(D), dtype=DT)
         cfg = ContractionConfig(estimator=estimator)
-        loss, _ = contraction_penalty(net, x, 0.7, 0.71, "sample", cfg, generator=torch.Generator().manual_seed(0))
+        loss, _ = contraction_penalty(
+            net, x, 0.7, 0.71, "sample", cfg, generator=torch.Generator().manual_seed(0)
+        )
         (grad,) = torch.autograd.grad(loss, [net.c])
         vals.append((loss.item(), grad.item()))
-        legacy, _ = contraction_penalty(net, x, 0.7, 0.71, "sample", ContractionConfig(estimator=estimator,
-                                        normalization="paper_d2"), generator=torch.Generator().manual_seed(0))
+        legacy, _ = contraction_penalty(
+            net,
+            x,
+            0.7,
+            0.71,
+            "sample",
+            ContractionConfig(estimator=estimator, normalization="paper_d2"),
+            generator=torch.Generator().manual_seed(0),
+        )
         assert legacy.item() == pytest.approx(loss.item() / D, rel=1e-9)  # gamma_per_dim = gamma_paper / D
     for loss, grad in vals:  # fd_probe: forward difference of a linear map, exact up to rounding / h
-        assert loss == pytest.approx((c + beta) ** 2, rel=1e-6) and grad == pytest.approx(2 * (c + beta), rel=1e-6)
+        assert loss == pytest.approx((c + beta) ** 2, rel=1e-6) and grad == pytest.approx(
+            2 * (c + beta), rel=1e-6
+        )
 
 
 def test_adding_an_estimator_is_one_function_and_one_registry_entry(monkeypatch):
@@ -413,7 +462,9 @@ def test_adding_an_estimator_is_one_function_and_one_registry_entry(monkeypatch)
     monkeypatch.setitem(ESTIMATOR_REGISTRY, ("frobenius", "diagonal"), Estimator(frobenius_diagonal))
     cfg = ContractionConfig(estimator="diagonal", batch_fraction=1.0)
     assert not cfg.fused
-    loss, diag = contraction_penalty(ScaledIdentity(0.5), torch.ones(3, 4, dtype=DT), 0.7, 0.71, "sample", cfg)
+    loss, diag = contraction_penalty(
+        ScaledIdentity(0.5), torch.ones(3, 4, dtype=DT), 0.7, 0.71, "sample", cfg
+    )
     assert loss.item() == pytest.approx(0.36) and diag["note"] == 1.0 and diag["penalty_samples"] == 3
 
 
@@ -428,7 +479,9 @@ def test_entry_points_match_the_callable_path_and_guard_the_fd_step_under_amp():
     alpha = torch.rand(8, generator=g, dtype=DT) * 0.9 + 0.05
     sigma = (1 - alpha**2).sqrt()
     cfg = ContractionConfig(batch_fraction=0.5)
-    ref, rdiag = contraction_penalty(net, x, alpha, sigma, "epsilon", cfg, generator=torch.Generator().manual_seed(1))
+    ref, rdiag = contraction_penalty(
+        net, x, alpha, sigma, "epsilon", cfg, generator=torch.Generator().manual_seed(1)
+    )
     rows = penalty_rows(x, cfg, generator=torch.Generator().manual_seed(1))
     assert rows.extra == 4 and rows.fd_step == cfg.fd_step
     out = net(torch.cat([x, rows.x]))
@@ -454,7 +507,7 @@ def test_readme_field_table_is_the_config():
         assert row in readme, f"README field table: regenerate the row of contraction_{name}:\n{row}"
 
 
-# ---------------------------------------------------------------------------------- the deployed sampler's steps
+# ------------------------------------------------------------------------------ the deployed sampler's steps
 
 
 def _ddim_like_grid(k=10, T=100):
@@ -462,7 +515,9 @@ def _ddim_like_grid(k=10, T=100):
     from cdp_plugin.contraction import StepGrid
     from cdp_plugin.samplers import StepBound
 
-    bounds = [StepBound(T - (i + 1) * T // k, T - (i + 2) * T // k, -(2.0 + i), 1.0 + i / 10) for i in range(k)]
+    bounds = [
+        StepBound(T - (i + 1) * T // k, T - (i + 2) * T // k, -(2.0 + i), 1.0 + i / 10) for i in range(k)
+    ]
     return StepGrid.from_bounds(bounds, T), bounds
 
 
@@ -473,12 +528,22 @@ def test_step_window_selects_the_last_sampler_steps():
     t = torch.arange(100)
     pos = grid.position(t)
     assert pos[0] == 0 and pos[10] == pytest.approx(0.1) and pos[90] == pytest.approx(0.9)
-    idx = penalty_sample_mask(100, ContractionConfig(step_window=(0.0, 0.2), batch_fraction=1.0), step_pos=pos)
+    idx = penalty_sample_mask(
+        100, ContractionConfig(step_window=(0.0, 0.2), batch_fraction=1.0), step_pos=pos
+    )
     assert sorted(idx.tolist()) == list(range(0, 15))
     # and through the callable path
     x = torch.zeros(100, 3, dtype=DT)
-    _, diag = contraction_penalty(ScaledIdentity(0.2), x, 0.5, 0.8, "sample",
-                                  ContractionConfig(step_window=(0.0, 0.2), batch_fraction=1.0), timesteps=t, grid=grid)
+    _, diag = contraction_penalty(
+        ScaledIdentity(0.2),
+        x,
+        0.5,
+        0.8,
+        "sample",
+        ContractionConfig(step_window=(0.0, 0.2), batch_fraction=1.0),
+        timesteps=t,
+        grid=grid,
+    )
     assert diag["penalty_samples"] == 15
 
 
@@ -503,6 +568,16 @@ def test_hinge_uses_both_per_step_bounds():
     assert torch.relu((1 - beta) * lo - lmin).sum() > 0  # the lower end is active here
     assert diag["violation_frac"] == 1.0
     # threshold='alpha' (legacy): only lambda_max against alpha_t
-    legacy, _ = contraction_penalty(fn, x, 0.5, 0.8, "sample", ContractionConfig(
-        loss="hinge", estimator="exact", margin=beta, batch_fraction=1.0, threshold="alpha"), timesteps=t, grid=grid)
+    legacy, _ = contraction_penalty(
+        fn,
+        x,
+        0.5,
+        0.8,
+        "sample",
+        ContractionConfig(
+            loss="hinge", estimator="exact", margin=beta, batch_fraction=1.0, threshold="alpha"
+        ),
+        timesteps=t,
+        grid=grid,
+    )
     torch.testing.assert_close(legacy, torch.relu(lmax - (1 - beta) * 0.5).pow(2).mean())

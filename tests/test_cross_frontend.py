@@ -41,11 +41,21 @@ def _lerobot_model(pred: str, ccfg: ContractionConfig):
     from cdp_plugin.policy.modeling_cdp import ContractiveDiffusionModel
 
     cfg = ContractiveDiffusionConfig(
-        input_features={"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(DS,)),
-                        "observation.environment_state": PolicyFeature(type=FeatureType.ENV, shape=(DE,))},
+        input_features={
+            "observation.state": PolicyFeature(type=FeatureType.STATE, shape=(DS,)),
+            "observation.environment_state": PolicyFeature(type=FeatureType.ENV, shape=(DE,)),
+        },
         output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(DA,))},
-        horizon=H, n_obs_steps=TO, n_action_steps=4, down_dims=(16, 32), diffusion_step_embed_dim=16, n_groups=4,
-        kernel_size=3, prediction_type=pred, device="cpu", contraction_diag_every=0,
+        horizon=H,
+        n_obs_steps=TO,
+        n_action_steps=4,
+        down_dims=(16, 32),
+        diffusion_step_embed_dim=16,
+        n_groups=4,
+        kernel_size=3,
+        prediction_type=pred,
+        device="cpu",
+        contraction_diag_every=0,
         **{f"contraction_{k}": v for k, v in vars(ccfg).items()},
     )
     torch.manual_seed(0)
@@ -70,7 +80,9 @@ def _adapter(unet, scheduler, ccfg: ContractionConfig, **kw):
     class Policy(ContractiveMixin, DPConventionPolicy):
         pass
 
-    return Policy(unet, scheduler, DA, DS + DE, TO, **{f"contraction_{k}": v for k, v in vars(ccfg).items()}, **kw)
+    return Policy(
+        unet, scheduler, DA, DS + DE, TO, **{f"contraction_{k}": v for k, v in vars(ccfg).items()}, **kw
+    )
 
 
 def _grads(loss, params):
@@ -91,15 +103,23 @@ SAMPLER_GRID = dict(threshold="sampler", step_window=(0.0, 0.5))  # per-step bou
 
 
 @pytest.mark.parametrize("pred", ["sample", "epsilon"])
-@pytest.mark.parametrize("loss,estimator,grid", [(*k, False) for k in ESTIMATOR_REGISTRY]
-                         + [("hinge", "exact", True), ("frobenius", "fd_probe", True)])
+@pytest.mark.parametrize(
+    "loss,estimator,grid",
+    [(*k, False) for k in ESTIMATOR_REGISTRY] + [("hinge", "exact", True), ("frobenius", "fd_probe", True)],
+)
 def test_core_lerobot_and_diffusion_policy_agree(pred, loss, estimator, grid):
     """``grid``: the penalty restricted to the late half of the deployed DPM-Solver++ 10-step grid, the hinge
     on that grid's exact per-step bounds; each front end builds the grid from its own sampler settings."""
     from cdp_plugin.contraction import StepGrid
 
-    ccfg = ContractionConfig(loss=loss, estimator=estimator, batch_fraction=0.5, margin=0.5, lanczos_iters=4,
-                             **(SAMPLER_GRID if grid else {"threshold": "alpha"}))
+    ccfg = ContractionConfig(
+        loss=loss,
+        estimator=estimator,
+        batch_fraction=0.5,
+        margin=0.5,
+        lanczos_iters=4,
+        **(SAMPLER_GRID if grid else {"threshold": "alpha"}),
+    )
     model = _lerobot_model(pred, ccfg)
     assert (model.config.sampler, model.config.num_inference_steps) == ("dpmsolver++", 10)
     sched = model.noise_scheduler
@@ -122,8 +142,17 @@ def test_core_lerobot_and_diffusion_policy_agree(pred, loss, estimator, grid):
         diff = (pred_out - target).pow(2).mean()
         if w == 0:
             return diff, 0.0
-        pen, _ = contraction_penalty(lambda x, i: unet_core(x, t[i], global_cond=gc[i]), x_t, a, s, pred, ccfg,
-                                     t_frac=t.double() / T, timesteps=t, grid=step_grid)
+        pen, _ = contraction_penalty(
+            lambda x, i: unet_core(x, t[i], global_cond=gc[i]),
+            x_t,
+            a,
+            s,
+            pred,
+            ccfg,
+            t_frac=t.double() / T,
+            timesteps=t,
+            grid=step_grid,
+        )
         return diff + w * pen, pen.item()
 
     def run_lerobot(w):
@@ -131,8 +160,9 @@ def test_core_lerobot_and_diffusion_policy_agree(pred, loss, estimator, grid):
         out = model.compute_loss(batch, return_info=True)
         return out[0], out[1]["contraction_loss"]
 
-    pol = _adapter(copy.deepcopy(model.unet), copy.deepcopy(sched), ccfg, sampler="dpmsolver++",
-                   num_inference_steps=10)
+    pol = _adapter(
+        copy.deepcopy(model.unet), copy.deepcopy(sched), ccfg, sampler="dpmsolver++", num_inference_steps=10
+    )
 
     def run_adapter(w):
         pol.contraction.weight = w
@@ -143,8 +173,8 @@ def test_core_lerobot_and_diffusion_policy_agree(pred, loss, estimator, grid):
     p_lr, g_lr = _penalty_and_grad(run_lerobot, list(model.unet.parameters()))
     p_dp, g_dp = _penalty_and_grad(run_adapter, list(pol.model.parameters()))
 
-    # every estimator is active on the whole range (hinge: margin 0.5 puts lambda_max above its threshold); on a
-    # part of the grid the hinge may be satisfied
+    # every estimator is active on the whole range (hinge: margin 0.5 puts lambda_max above its threshold);
+    # on a part of the grid the hinge may be satisfied
     assert p_core > 0 or (grid and loss == "hinge")
     for name, p, g in (("lerobot", p_lr, g_lr), ("diffusion_policy", p_dp, g_dp)):
         assert p == pytest.approx(p_core, rel=1e-6, abs=1e-12), (name, p, p_core)
@@ -171,15 +201,30 @@ def test_import_rules_of_docs_architecture():
         return out
 
     rules = {
-        ("contraction.py", "samplers.py", "toy.py"): ("cdp_plugin.policy", "cdp_plugin.diffusion_policy",
-                                                      "cdp_plugin.envs", "cdp_plugin.data", "cdp_plugin.bench",
-                                                      "lerobot", "diffusion_policy"),
-        ("policy",): ("cdp_plugin.diffusion_policy", "cdp_plugin.envs", "cdp_plugin.data", "cdp_plugin.bench"),
+        ("contraction.py", "samplers.py", "toy.py"): (
+            "cdp_plugin.policy",
+            "cdp_plugin.diffusion_policy",
+            "cdp_plugin.envs",
+            "cdp_plugin.data",
+            "cdp_plugin.bench",
+            "lerobot",
+            "diffusion_policy",
+        ),
+        ("policy",): (
+            "cdp_plugin.diffusion_policy",
+            "cdp_plugin.envs",
+            "cdp_plugin.data",
+            "cdp_plugin.bench",
+        ),
         ("diffusion_policy",): ("cdp_plugin.policy", "lerobot", "cdp_plugin.envs", "cdp_plugin.bench"),
     }
     bad = []
     for parts, banned in rules.items():
-        files = [p for part in parts for p in ([pkg / part] if part.endswith(".py") else sorted((pkg / part).glob("*.py")))]
+        files = [
+            p
+            for part in parts
+            for p in ([pkg / part] if part.endswith(".py") else sorted((pkg / part).glob("*.py")))
+        ]
         for f in files:
             for mod in imports(f):
                 if any(mod == b or mod.startswith(b + ".") for b in banned):

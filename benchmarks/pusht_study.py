@@ -1,11 +1,11 @@
-"""Push-T (real human demonstrations), keypoint observations: DP vs DP-x0 vs CDP at 100 % and 10 % of episodes.
+"""Push-T (real human demonstrations), keypoints: DP vs DP-x0 vs CDP at 100 % and 10 % of the episodes.
 
-Every cell trains with ``lerobot-train`` on the converted ``pusht_cchi_v7_replay.zarr`` (keypoints flavour) and
-evaluates *every saved checkpoint* with ``lerobot-eval --env.type=pusht
+Every cell trains with ``lerobot-train`` on the converted ``pusht_cchi_v7_replay.zarr`` (keypoints flavour)
+and evaluates *every saved checkpoint* with ``lerobot-eval --env.type=pusht
 --env.obs_type=environment_state_agent_pos`` (LeRobot's own metrics: success = coverage > 0.95 at some step,
-``avg_max_reward`` = mean over episodes of ``max_t min(coverage_t / 0.95, 1)``), so each cell leaves a learning
-curve. Resumable: an interrupted training resumes from its last checkpoint (``--resume=true``), evaluations and
-cells already written are reused. Run it at low priority on a shared machine::
+``avg_max_reward`` = mean over episodes of ``max_t min(coverage_t / 0.95, 1)``), so each cell leaves a
+learning curve. Resumable: an interrupted training resumes from its last checkpoint (``--resume=true``),
+evaluations and cells already written are reused. Run it at low priority on a shared machine::
 
     nice -n 19 .venv/bin/python benchmarks/pusht_study.py --out outputs/pusht_study          # run / resume
     .venv/bin/python benchmarks/pusht_study.py --out outputs/pusht_study --report \\
@@ -37,11 +37,17 @@ POLICIES = {
     "dp_x0": ["--policy.type=cdp", "--policy.contraction_loss=none"],
     "cdp": ["--policy.type=cdp"],
 }
-LABELS = {"dp": "DP (LeRobot `diffusion`, epsilon)", "dp_x0": "DP-x0 (`cdp`, no penalty)",
-          "cdp": "CDP (`cdp`, frobenius, gamma 0.1)"}
+LABELS = {
+    "dp": "DP (LeRobot `diffusion`, epsilon)",
+    "dp_x0": "DP-x0 (`cdp`, no penalty)",
+    "cdp": "CDP (`cdp`, frobenius, gamma 0.1)",
+}
 # evaluation sampler: DDIM, 10 steps, for all three (LeRobot's DDPM-100 is 10x slower on CPU)
-EVAL_SAMPLER = {"dp": ["--policy.noise_scheduler_type=DDIM"], "dp_x0": ["--policy.sampler=ddim"],
-                "cdp": ["--policy.sampler=ddim"]}
+EVAL_SAMPLER = {
+    "dp": ["--policy.noise_scheduler_type=DDIM"],
+    "dp_x0": ["--policy.sampler=ddim"],
+    "cdp": ["--policy.sampler=ddim"],
+}
 
 
 @dataclass
@@ -69,14 +75,21 @@ class Study:
 
     def train_flags(self) -> list[str]:
         return [
-            "--policy.push_to_hub=false", "--policy.device=cpu", "--policy.pretrained_backbone_weights=null",
-            f"--policy.horizon={self.horizon}", f"--policy.n_action_steps={self.n_action_steps}",
+            "--policy.push_to_hub=false",
+            "--policy.device=cpu",
+            "--policy.pretrained_backbone_weights=null",
+            f"--policy.horizon={self.horizon}",
+            f"--policy.n_action_steps={self.n_action_steps}",
             f"--policy.n_obs_steps={self.n_obs_steps}",
             f"--policy.down_dims=[{','.join(map(str, self.down_dims))}]",
-            f"--policy.diffusion_step_embed_dim={self.embed_dim}", f"--policy.optimizer_lr={self.lr}",
-            f"--policy.scheduler_warmup_steps={self.warmup}", f"--batch_size={self.batch_size}",
+            f"--policy.diffusion_step_embed_dim={self.embed_dim}",
+            f"--policy.optimizer_lr={self.lr}",
+            f"--policy.scheduler_warmup_steps={self.warmup}",
+            f"--batch_size={self.batch_size}",
             f"--num_workers={self.num_workers}",
-            "--wandb.enable=false", f"--steps={self.steps}", f"--log_freq={max(1, self.save_every // 5)}",
+            "--wandb.enable=false",
+            f"--steps={self.steps}",
+            f"--log_freq={max(1, self.save_every // 5)}",
             f"--save_freq={self.save_every}",
         ]
 
@@ -87,8 +100,13 @@ def cell_id(policy: str, fraction: float, seed: int) -> str:
 
 def sub_env(study: Study) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(study.threads), MKL_NUM_THREADS=str(study.threads))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        WANDB_MODE="disabled",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS=str(study.threads),
+        MKL_NUM_THREADS=str(study.threads),
+    )
     return env
 
 
@@ -106,13 +124,26 @@ def run(cmd: list, log: Path, env: dict[str, str]) -> None:
 def ensure_dataset(out: Path, env: dict[str, str]) -> Path:
     root = out / "data" / "pusht_keypoints"
     if not (root / "meta" / "info.json").is_file():
-        run([sys.executable, "-m", "cdp_plugin.data.generate", "pusht", "--episodes", 206, "--out", root,
-             "--overwrite"], out / "logs" / "dataset.log", env)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "cdp_plugin.data.generate",
+                "pusht",
+                "--episodes",
+                206,
+                "--out",
+                root,
+                "--overwrite",
+            ],
+            out / "logs" / "dataset.log",
+            env,
+        )
     return root
 
 
 def episodes_of(root: Path, fraction: float, seed: int) -> list[int] | None:
-    """The episode subset of a fraction (``episode_subset`` with seed ``42 + seed``, shared by the policies)."""
+    """The episodes of a fraction (``episode_subset``, seed ``42 + seed``; the same for every policy)."""
     if fraction >= 1.0:
         return None
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
@@ -141,9 +172,15 @@ def train(study: Study, policy: str, root: Path, episodes, seed: int, run_dir: P
         cmd = [BIN / "lerobot-train", f"--config_path={last_cfg}", "--resume=true"]
     else:
         shutil.rmtree(train_dir, ignore_errors=True)
-        cmd = [BIN / "lerobot-train", *POLICIES[policy], *study.train_flags(),
-               f"--dataset.repo_id=local/{root.name}", f"--dataset.root={root}", f"--output_dir={train_dir}",
-               f"--seed={1000 + seed}"]
+        cmd = [
+            BIN / "lerobot-train",
+            *POLICIES[policy],
+            *study.train_flags(),
+            f"--dataset.repo_id=local/{root.name}",
+            f"--dataset.root={root}",
+            f"--output_dir={train_dir}",
+            f"--seed={1000 + seed}",
+        ]
         if episodes is not None:
             cmd.append(f"--dataset.episodes=[{','.join(map(str, episodes))}]")
     run(cmd, run_dir / "train.log", env)
@@ -153,22 +190,42 @@ def evaluate(study: Study, policy: str, ckpt: Path, seed: int, eval_dir: Path, e
     info_path = eval_dir / "eval_info.json"
     if not info_path.is_file():
         shutil.rmtree(eval_dir, ignore_errors=True)
-        run([BIN / "lerobot-eval", f"--policy.path={ckpt}", "--policy.device=cpu",
-             f"--policy.num_inference_steps={study.num_inference_steps}", *EVAL_SAMPLER[policy],
-             "--env.type=pusht", "--env.obs_type=environment_state_agent_pos",
-             f"--env.episode_length={study.episode_length}", f"--eval.n_episodes={study.eval_episodes}",
-             f"--eval.batch_size={study.eval_episodes}", "--eval.use_async_envs=false",
-             f"--output_dir={eval_dir}", f"--seed={100000 + 1000 * seed}"], eval_dir.parent / "eval.log", env)
+        run(
+            [
+                BIN / "lerobot-eval",
+                f"--policy.path={ckpt}",
+                "--policy.device=cpu",
+                f"--policy.num_inference_steps={study.num_inference_steps}",
+                *EVAL_SAMPLER[policy],
+                "--env.type=pusht",
+                "--env.obs_type=environment_state_agent_pos",
+                f"--env.episode_length={study.episode_length}",
+                f"--eval.n_episodes={study.eval_episodes}",
+                f"--eval.batch_size={study.eval_episodes}",
+                "--eval.use_async_envs=false",
+                f"--output_dir={eval_dir}",
+                f"--seed={100000 + 1000 * seed}",
+            ],
+            eval_dir.parent / "eval.log",
+            env,
+        )
         shutil.rmtree(eval_dir / "videos", ignore_errors=True)
     info = json.loads(info_path.read_text())
     m = info["per_task"][0]["metrics"]
-    return {"successes": [bool(s) for s in m["successes"]], "max_rewards": [float(r) for r in m["max_rewards"]],
-            "pc_success": float(info["overall"]["pc_success"]),
-            "avg_max_reward": float(info["overall"]["avg_max_reward"])}
+    return {
+        "successes": [bool(s) for s in m["successes"]],
+        "max_rewards": [float(r) for r in m["max_rewards"]],
+        "pc_success": float(info["overall"]["pc_success"]),
+        "avg_max_reward": float(info["overall"]["avg_max_reward"]),
+    }
 
 
 def train_seconds_per_step(log: Path) -> float | None:
-    vals = [float(x) for x in re.findall(r"updt_s:([0-9.]+)", log.read_text(errors="replace"))] if log.is_file() else []
+    vals = (
+        [float(x) for x in re.findall(r"updt_s:([0-9.]+)", log.read_text(errors="replace"))]
+        if log.is_file()
+        else []
+    )
     return sum(vals) / len(vals) if vals else None
 
 
@@ -195,19 +252,35 @@ def run_study(study: Study, out: Path) -> dict[str, list[str]]:
                     train_s = time.time() - t0
                     curve = []
                     for step, ck in checkpoints(run_dir / "train"):
-                        curve.append({"step": step, **evaluate(study, policy, ck, seed, run_dir / f"eval_{step:06d}",
-                                                               env)})
-                        print(f"  step {step}: success {curve[-1]['pc_success']:.0f} %, avg max reward "
-                              f"{curve[-1]['avg_max_reward']:.3f}", flush=True)
+                        curve.append(
+                            {
+                                "step": step,
+                                **evaluate(study, policy, ck, seed, run_dir / f"eval_{step:06d}", env),
+                            }
+                        )
+                        print(
+                            f"  step {step}: success {curve[-1]['pc_success']:.0f} %, avg max reward "
+                            f"{curve[-1]['avg_max_reward']:.3f}",
+                            flush=True,
+                        )
                 except Exception as e:  # noqa: BLE001 - keep going; the cell reruns next time
                     status["failed"].append(cid)
                     (out / "logs").mkdir(parents=True, exist_ok=True)
                     (out / "logs" / f"{cid}.error.txt").write_text(f"{type(e).__name__}: {e}\n")
                     print(f"  failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                     continue
-                record = {"id": cid, "policy": policy, "fraction": fraction, "seed": seed, "episodes": episodes,
-                          "curve": curve, "final": curve[-1], "train_wall_s_this_run": train_s,
-                          "updt_s": train_seconds_per_step(run_dir / "train.log"), "study": asdict(study)}
+                record = {
+                    "id": cid,
+                    "policy": policy,
+                    "fraction": fraction,
+                    "seed": seed,
+                    "episodes": episodes,
+                    "curve": curve,
+                    "final": curve[-1],
+                    "train_wall_s_this_run": train_s,
+                    "updt_s": train_seconds_per_step(run_dir / "train.log"),
+                    "study": asdict(study),
+                }
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".json.tmp")
                 tmp.write_text(json.dumps(record, indent=1))
@@ -216,7 +289,7 @@ def run_study(study: Study, out: Path) -> dict[str, list[str]]:
     return status
 
 
-# -- report ---------------------------------------------------------------------------------------------------
+# -- report --------------------------------------------------------------------------------------------------
 
 
 def _pct(k: int, n: int) -> str:
@@ -235,16 +308,21 @@ def report(out: Path) -> str:
     order = {p: i for i, p in enumerate(POLICIES)}
     cells.sort(key=lambda c: (-c["fraction"], order[c["policy"]], c["seed"]))
     lines = [
-        (f"Sizes: UNet `down_dims={study['down_dims']}`, step embedding {study['embed_dim']}, horizon "
-        f"{study['horizon']}, n_obs_steps {study['n_obs_steps']}, n_action_steps {study['n_action_steps']}, "
-        f"batch {study['batch_size']}, lr {study['lr']} (cosine, {study['warmup']} warm-up steps), "
-        f"{study['steps']} steps, checkpoints every {study['save_every']}; evaluation: DDIM "
-        f"{study['num_inference_steps']} steps, {study['eval_episodes']} episodes of at most "
-        f"{study['episode_length']} steps per checkpoint (`lerobot-eval --env.type=pusht "
-        "--env.obs_type=environment_state_agent_pos`, seed 100000 + 1000 * seed)."),
+        (
+            f"Sizes: UNet `down_dims={study['down_dims']}`, step embedding {study['embed_dim']}, horizon "
+            f"{study['horizon']}, n_obs_steps {study['n_obs_steps']}, "
+            f"n_action_steps {study['n_action_steps']}, "
+            f"batch {study['batch_size']}, lr {study['lr']} (cosine, {study['warmup']} warm-up steps), "
+            f"{study['steps']} steps, checkpoints every {study['save_every']}; evaluation: DDIM "
+            f"{study['num_inference_steps']} steps, {study['eval_episodes']} episodes of at most "
+            f"{study['episode_length']} steps per checkpoint (`lerobot-eval --env.type=pusht "
+            "--env.obs_type=environment_state_agent_pos`, seed 100000 + 1000 * seed)."
+        ),
         "",
-        ("| policy | episodes | seed | success at the last checkpoint (Wilson 95 %) | avg max reward | "
-         "best checkpoint: success / avg max reward |"),
+        (
+            "| policy | episodes | seed | success at the last checkpoint (Wilson 95 %) | avg max reward | "
+            "best checkpoint: success / avg max reward |"
+        ),
         "|---|---|---|---|---|---|",
     ]
     pooled: dict[tuple, list] = {}
@@ -252,24 +330,39 @@ def report(out: Path) -> str:
         f = c["final"]
         k, n = sum(f["successes"]), len(f["successes"])
         best = max(c["curve"], key=lambda r: r["avg_max_reward"])
-        lines.append(f"| {LABELS[c['policy']]} | {round(c['fraction'] * 100)} % | {c['seed']} | {_pct(k, n)} | "
-                     f"{f['avg_max_reward']:.3f} | step {best['step']}: {best['pc_success']:.0f} % / "
-                     f"{best['avg_max_reward']:.3f} |")
+        lines.append(
+            f"| {LABELS[c['policy']]} | {round(c['fraction'] * 100)} % | {c['seed']} | {_pct(k, n)} | "
+            f"{f['avg_max_reward']:.3f} | step {best['step']}: {best['pc_success']:.0f} % / "
+            f"{best['avg_max_reward']:.3f} |"
+        )
         pooled.setdefault((c["policy"], c["fraction"]), []).append(f)
-    lines += ["", "Seeds pooled (last checkpoint):", "",
-              "| policy | episodes | seeds | success (Wilson 95 %) | avg max reward (mean over seeds) |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Seeds pooled (last checkpoint):",
+        "",
+        "| policy | episodes | seeds | success (Wilson 95 %) | avg max reward (mean over seeds) |",
+        "|---|---|---|---|---|",
+    ]
     for (pol, frac), fs in pooled.items():
         k = sum(sum(f["successes"]) for f in fs)
         n = sum(len(f["successes"]) for f in fs)
         amr = sum(f["avg_max_reward"] for f in fs) / len(fs)
         lines.append(f"| {LABELS[pol]} | {round(frac * 100)} % | {len(fs)} | {_pct(k, n)} | {amr:.3f} |")
-    lines += ["", "Learning curves (success % / avg max reward at each checkpoint):", "",
-              "| cell | " + " | ".join(f"step {r['step']}" for r in max((c["curve"] for c in cells), key=len)) + " |",
-              "|---|" + "---|" * len(max((c["curve"] for c in cells), key=len))]
+    lines += [
+        "",
+        "Learning curves (success % / avg max reward at each checkpoint):",
+        "",
+        "| cell | "
+        + " | ".join(f"step {r['step']}" for r in max((c["curve"] for c in cells), key=len))
+        + " |",
+        "|---|" + "---|" * len(max((c["curve"] for c in cells), key=len)),
+    ]
     for c in cells:
-        lines.append(f"| {c['policy']} {round(c['fraction'] * 100)} % s{c['seed']} | "
-                     + " | ".join(f"{r['pc_success']:.0f} / {r['avg_max_reward']:.2f}" for r in c["curve"]) + " |")
+        lines.append(
+            f"| {c['policy']} {round(c['fraction'] * 100)} % s{c['seed']} | "
+            + " | ".join(f"{r['pc_success']:.0f} / {r['avg_max_reward']:.2f}" for r in c["curve"])
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -288,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "pusht_study")
     p.add_argument("--report", action="store_true", help="only print (and with --results write) the tables")
-    p.add_argument("--results", type=Path, default=None, help="RESULTS.md whose pusht-study section to replace")
+    p.add_argument(
+        "--results", type=Path, default=None, help="RESULTS.md whose pusht-study section to replace"
+    )
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--seeds", default=None, help="e.g. 0,1,2")

@@ -62,7 +62,7 @@ def test_materialized_window_subset_holds_the_same_frames(tmp_path):
         [sys.executable, "-m", "cdp_plugin.data.subsets", "windows", "--root", str(tmp_path / "src"), "--out",
          str(tmp_path / "sub"), "--fraction", "0.05", "--seed", "42", "--horizon", "8", "--n-obs-steps", "2",
          "--n-action-steps", "4"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -92,6 +92,6 @@ def test_episode_subset_cli(tmp_path):
     generate(GenerateConfig("pointmaze", tmp_path / "src", episodes=5, seed=0))
     proc = subprocess.run([sys.executable, "-m", "cdp_plugin.data.subsets", "episodes", "--root",
                            str(tmp_path / "src"), "--fraction", "0.4", "--seed", "42"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == episode_subset(5, 0.4, 42)

@@ -22,14 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 ZARR = REPO / ".." / "shared" / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-needs_data = pytest.mark.skipif(not ZARR.exists(), reason=f"Push-T data not found at {ZARR.resolve()} "
-                                "(a checkout without ../shared): Push-T tests skipped")
+needs_data = pytest.mark.skipif(
+    not ZARR.exists(),
+    reason=f"Push-T data not found at {ZARR.resolve()} (a checkout without ../shared): Push-T tests skipped",
+)
 N_EPISODES = 10
 
 
 def run(cmd: list, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], env=ENV, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run(
+        [str(c) for c in cmd], env=ENV, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{(proc.stdout + proc.stderr)[-5000:]}"
     return proc
 
@@ -47,10 +50,25 @@ def kp10(tmp_path_factory) -> Path:
     if not ZARR.exists():
         pytest.skip(f"Push-T data not found at {ZARR.resolve()}")
     out = tmp_path_factory.mktemp("pusht") / "kp10"
-    proc = run([sys.executable, "-m", "cdp_plugin.data.convert", "pusht", ZARR, "--out", out, "--obs", "keypoints",
-                "--episodes", N_EPISODES])
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "cdp_plugin.data.convert",
+            "pusht",
+            ZARR,
+            "--out",
+            out,
+            "--obs",
+            "keypoints",
+            "--episodes",
+            N_EPISODES,
+        ]
+    )
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["episodes_written"] == N_EPISODES and summary["checksums"]["data/state"] == "dcdc539bfdba9fc0"
+    assert (
+        summary["episodes_written"] == N_EPISODES and summary["checksums"]["data/state"] == "dcdc539bfdba9fc0"
+    )
     return out
 
 
@@ -59,8 +77,21 @@ def img10(tmp_path_factory) -> Path:
     if not ZARR.exists():
         pytest.skip(f"Push-T data not found at {ZARR.resolve()}")
     out = tmp_path_factory.mktemp("pusht") / "img10"
-    proc = run([sys.executable, "-m", "cdp_plugin.data.convert", "pusht", ZARR, "--out", out, "--obs", "image",
-                "--episodes", N_EPISODES])
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "cdp_plugin.data.convert",
+            "pusht",
+            ZARR,
+            "--out",
+            out,
+            "--obs",
+            "image",
+            "--episodes",
+            N_EPISODES,
+        ]
+    )
     assert json.loads(proc.stdout.strip().splitlines()[-1])["checksums"]["data/img"] == "3f7650895d1a500d"
     return out
 
@@ -74,7 +105,7 @@ def columns(root: Path) -> dict[str, np.ndarray]:
     return {k: v.reshape(len(v)) if k.startswith("next.") else v for k, v in cols.items()}  # (N, 1) -> (N,)
 
 
-# ----------------------------------------------------------------------------------------- bad input (no data)
+# ---------------------------------------------------------------------------------------- bad input (no data)
 def test_checksum_mismatch_is_one_clear_line(tmp_path):
     """A replay buffer that is not the published file is refused before anything is written."""
     import zarr
@@ -85,15 +116,38 @@ def test_checksum_mismatch_is_one_clear_line(tmp_path):
     root.create_array("data/state", data=np.full((5, 5), 200.0, dtype=np.float32))
     root.create_array("data/action", data=np.full((5, 2), 200.0, dtype=np.float32))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "cdp_plugin.data.convert", "pusht", str(bad), "--out", str(out)],
-                          env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdp_plugin.data.convert", "pusht", str(bad), "--out", str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith(f"error: {bad}: meta/episode_ends has checksum ") and "expected 82db02e667c59a83" in err
+    assert (
+        err.startswith(f"error: {bad}: meta/episode_ends has checksum ")
+        and "expected 82db02e667c59a83" in err
+    )
     assert "--no-verify" in err
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
-    proc = subprocess.run([sys.executable, "-m", "cdp_plugin.data.convert", "pusht", str(tmp_path / "nope.zarr"),
-                           "--out", str(out)], env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdp_plugin.data.convert",
+            "pusht",
+            str(tmp_path / "nope.zarr"),
+            "--out",
+            str(out),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 2 and "no such file or directory" in proc.stderr
 
 
@@ -139,7 +193,7 @@ def test_keypoint_flavour_equals_gym_pusht_in_the_recorded_states(kp10):
     assert placed["frames"] == source_arrays()["ends"][-1]
     # bound: float32 storage of coordinates |x| <= 512 -> 512 * 2**-24 = 3.1e-5 px
     assert placed["max_abs_keypoint_px"] <= 1e-4 and placed["max_abs_agent_px"] == 0.0
-    # with one 10 ms physics step (what reset_to_state does) contacts between agent and block may move the block:
+    # with one 10 ms physics step (what reset_to_state does), contacts between agent and block may move it:
     # measured 0.04 px on episodes 0-9 (2.2 px at worst over all 25,650 frames); not a conversion error
     stepped = state_equality(ZARR, kp10, list(range(N_EPISODES)), step=True)
     assert stepped["max_abs_keypoint_px"] <= 0.5 and stepped["max_abs_agent_px"] == 0.0
@@ -168,7 +222,9 @@ def test_image_flavour_is_lerobot_pusht_layout(img10, kp10):
     assert ds.meta.features["observation.image"]["dtype"] == "image"
     assert tuple(ds.meta.features["observation.image"]["shape"]) == (96, 96, 3)
     assert "observation.environment_state" not in ds.meta.features
-    vec = make_env(make_env_config("pusht", obs_type="pixels_agent_pos"), n_envs=1, use_async_envs=False)["pusht"][0]
+    vec = make_env(make_env_config("pusht", obs_type="pixels_agent_pos"), n_envs=1, use_async_envs=False)[
+        "pusht"
+    ][0]
     try:
         obs = preprocess_observation(vec.reset(seed=[0])[0])
     finally:
@@ -204,8 +260,9 @@ def test_episode_and_window_subsets_on_pusht(kp10, tmp_path):
 
     assert len(episode_subset(N_EPISODES, 0.1)) == 1 and len(episode_subset(206, 0.1)) == 21
     assert len(episode_subset(206, 0.25)) == 52
-    info = materialize_window_subset(kp10, tmp_path / "w10", 0.1, seed=42, horizon=16, n_obs_steps=2,
-                                     n_action_steps=8)
+    info = materialize_window_subset(
+        kp10, tmp_path / "w10", 0.1, seed=42, horizon=16, n_obs_steps=2, n_action_steps=8
+    )
     src, sub = LeRobotDataset("local/s", root=kp10), LeRobotDataset("local/w", root=tmp_path / "w10")
     assert info["frames"] == len(sub) < len(src)
     segments = json.loads((tmp_path / "w10" / "meta" / "cdp_provenance.json").read_text())["segments"]
@@ -216,29 +273,60 @@ def test_episode_and_window_subsets_on_pusht(kp10, tmp_path):
 
 # ----------------------------------------------------------------------------------------- LeRobot CLIs
 TRAIN_FLAGS = [
-    "--policy.push_to_hub=false", "--policy.device=cpu", "--policy.pretrained_backbone_weights=null",
-    "--wandb.enable=false", "--num_workers=0", "--policy.horizon=16", "--policy.n_action_steps=8",
-    "--policy.down_dims=[32,64]", "--policy.diffusion_step_embed_dim=32", "--steps=4", "--batch_size=4",
-    "--log_freq=2", "--save_freq=4",
+    "--policy.push_to_hub=false",
+    "--policy.device=cpu",
+    "--policy.pretrained_backbone_weights=null",
+    "--wandb.enable=false",
+    "--num_workers=0",
+    "--policy.horizon=16",
+    "--policy.n_action_steps=8",
+    "--policy.down_dims=[32,64]",
+    "--policy.diffusion_step_embed_dim=32",
+    "--steps=4",
+    "--batch_size=4",
+    "--log_freq=2",
+    "--save_freq=4",
 ]
 
 
 @needs_data
 @pytest.mark.parametrize("policy_type", ["cdp", "diffusion"])
 def test_lerobot_train_then_eval_in_gym_pusht(policy_type, kp10, tmp_path):
-    proc = run([BIN / "lerobot-train", f"--policy.type={policy_type}", "--dataset.repo_id=local/pusht_kp10",
-                f"--dataset.root={kp10}", f"--output_dir={tmp_path / 'train'}", *TRAIN_FLAGS])
+    proc = run(
+        [
+            BIN / "lerobot-train",
+            f"--policy.type={policy_type}",
+            "--dataset.repo_id=local/pusht_kp10",
+            f"--dataset.root={kp10}",
+            f"--output_dir={tmp_path / 'train'}",
+            *TRAIN_FLAGS,
+        ]
+    )
     losses = [float(x) for x in re.findall(r"\bloss:([0-9.eE+-]+|nan|inf)", proc.stdout + proc.stderr)]
     assert losses and all(math.isfinite(x) for x in losses)
     ckpt = tmp_path / "train" / "checkpoints" / "last" / "pretrained_model"
     config = json.loads((ckpt / "config.json").read_text())
     assert config["type"] == policy_type
     assert {k: v["shape"] for k, v in config["input_features"].items()} == {
-        "observation.state": [2], "observation.environment_state": [16]}
+        "observation.state": [2],
+        "observation.environment_state": [16],
+    }
     sampler = ["--policy.sampler=ddim"] if policy_type == "cdp" else ["--policy.noise_scheduler_type=DDIM"]
-    run([BIN / "lerobot-eval", f"--policy.path={ckpt}", "--policy.device=cpu", "--policy.num_inference_steps=4",
-         *sampler, "--env.type=pusht", "--env.obs_type=environment_state_agent_pos", "--env.episode_length=16",
-         "--eval.n_episodes=1", "--eval.batch_size=1", f"--output_dir={tmp_path / 'eval'}"])
+    run(
+        [
+            BIN / "lerobot-eval",
+            f"--policy.path={ckpt}",
+            "--policy.device=cpu",
+            "--policy.num_inference_steps=4",
+            *sampler,
+            "--env.type=pusht",
+            "--env.obs_type=environment_state_agent_pos",
+            "--env.episode_length=16",
+            "--eval.n_episodes=1",
+            "--eval.batch_size=1",
+            f"--output_dir={tmp_path / 'eval'}",
+        ]
+    )
     info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
     overall = info["overall"]
     assert overall["n_episodes"] == 1 and 0.0 <= overall["pc_success"] <= 100.0

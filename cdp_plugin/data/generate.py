@@ -32,7 +32,11 @@ import numpy as np
 from tqdm import tqdm
 
 from cdp_plugin.data.writer import (
-    NonFiniteValueError, OutputPathError, atomic_dataset, check_output_path, task_features,
+    NonFiniteValueError,
+    OutputPathError,
+    atomic_dataset,
+    check_output_path,
+    task_features,
 )
 from cdp_plugin.envs.tasks import TASKS, get_task
 

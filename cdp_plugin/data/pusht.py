@@ -7,9 +7,9 @@
     python -m cdp_plugin.data.pusht fidelity ../shared/data/pusht/pusht_cchi_v7_replay.zarr \\
         --dataset data/pusht --episodes 0,1,50,150      # simulator equality and open-loop replay
 
-Source: ``pusht_cchi_v7_replay.zarr`` (diffusion_policy ``ReplayBuffer``: ``data/state`` = agent x, y, block x,
-y, angle; ``data/action`` = target agent position in pixels; ``data/img`` 96x96 RGB float 0..255). Every array
-used is first checked against the sha256 digests of ``../shared/data/README.md``.
+Source: ``pusht_cchi_v7_replay.zarr`` (diffusion_policy ``ReplayBuffer``: ``data/state`` = agent x, y,
+block x, y, angle; ``data/action`` = target agent position in pixels; ``data/img`` 96x96 RGB float 0..255).
+Every array used is first checked against the sha256 digests of ``../shared/data/README.md``.
 
 Features, exactly what gym-pusht returns through LeRobot's ``preprocess_observation``:
 
@@ -62,7 +62,7 @@ class PushTDataError(ValueError):
     """The Push-T source is missing, unreadable or not the published file; the message says which and why."""
 
 
-# -- source ---------------------------------------------------------------------------------------------------
+# -- source --------------------------------------------------------------------------------------------------
 
 
 def open_source(path: str | Path):
@@ -71,8 +71,10 @@ def open_source(path: str | Path):
 
     path = Path(path)
     if not path.exists():
-        raise PushTDataError(f"{path}: no such file or directory (the Push-T replay buffer "
-                             "pusht_cchi_v7_replay.zarr; see ../shared/data/README.md)")
+        raise PushTDataError(
+            f"{path}: no such file or directory (the Push-T replay buffer "
+            "pusht_cchi_v7_replay.zarr; see ../shared/data/README.md)"
+        )
     try:
         if path.suffix == ".zip":
             return zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")
@@ -85,7 +87,7 @@ def array_digest(arr, rows: int = 2048) -> str:
     """First 16 hex digits of sha256 over the array's raw C-order bytes, read ``rows`` rows at a time."""
     h = hashlib.sha256()
     for s in range(0, arr.shape[0], rows):
-        h.update(np.ascontiguousarray(arr[s:s + rows]).tobytes())
+        h.update(np.ascontiguousarray(arr[s : s + rows]).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -100,7 +102,8 @@ def verify_checksums(root, keys: list[str], source: str) -> dict[str, str]:
             raise PushTDataError(
                 f"{source}: {key} has checksum {found[key]}, expected {CHECKSUMS[key]} "
                 "(../shared/data/README.md): not the published Push-T data; re-copy it, or pass --no-verify "
-                "to convert it anyway")
+                "to convert it anyway"
+            )
     return found
 
 
@@ -108,10 +111,10 @@ def episode_bounds(root) -> list[tuple[int, int]]:
     """``[start, end)`` of every episode from ``meta/episode_ends``."""
     ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64)
     starts = np.concatenate([[0], ends[:-1]])
-    return [(int(s), int(e)) for s, e in zip(starts, ends)]
+    return [(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
 
 
-# -- gym-pusht ------------------------------------------------------------------------------------------------
+# -- gym-pusht -----------------------------------------------------------------------------------------------
 
 
 def make_sim(obs_type: str = "environment_state_agent_pos"):
@@ -119,8 +122,13 @@ def make_sim(obs_type: str = "environment_state_agent_pos"):
     import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
     import gymnasium as gym
 
-    env = gym.make("gym_pusht/PushT-v0", obs_type=obs_type, observation_width=96, observation_height=96,
-                   disable_env_checker=True)
+    env = gym.make(
+        "gym_pusht/PushT-v0",
+        obs_type=obs_type,
+        observation_width=96,
+        observation_height=96,
+        disable_env_checker=True,
+    )
     env.reset(seed=0)
     return env
 
@@ -152,19 +160,19 @@ def final_coverage(env, states: np.ndarray, actions: np.ndarray, warmup: int = 1
     """
     k = min(warmup, len(states) - 1)
     place(env, states[-1 - k], step=False)
-    for a in actions[len(actions) - 1 - k:]:
+    for a in actions[len(actions) - 1 - k :]:
         _, _, _, _, info = env.unwrapped.step(np.asarray(a, dtype=np.float64))
     return float(info["coverage"])
 
 
 def block_observation(env, state: np.ndarray) -> tuple[np.ndarray, float]:
-    """gym-pusht's 8 keypoints (16) and goal coverage of the block placed at the recorded pose (no physics)."""
+    """gym-pusht's 8 keypoints (16) and goal coverage of the block placed at a recorded pose (no physics)."""
     place(env, state, step=False)
     u = env.unwrapped
     return u.get_keypoints(u._block_shapes).flatten(), float(u._get_coverage())
 
 
-# -- conversion -----------------------------------------------------------------------------------------------
+# -- conversion ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -177,7 +185,9 @@ class PushTReport:
     checksums: dict = field(default_factory=dict)
     seconds: float = 0.0
     episode_lengths: list[int] = field(default_factory=list)
-    demo_success_rate: float = 0.0  # share of episodes whose block reaches coverage > 0.95 (LeRobot's success)
+    demo_success_rate: float = (
+        0.0  # share of episodes whose block reaches coverage > 0.95 (LeRobot's success)
+    )
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -186,7 +196,7 @@ class PushTReport:
 
 
 def pusht_features(obs: str) -> dict:
-    """Feature specs of a flavour (``keypoints`` or ``image``), with gym-pusht's keys after LeRobot's mapping."""
+    """Feature specs of a flavour (``keypoints`` or ``image``): gym-pusht's keys after LeRobot's mapping."""
     from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGE, OBS_STATE
 
     feats = {OBS_STATE: vector_feature(2, "state", ["x", "y"])}
@@ -218,7 +228,7 @@ def episode_frames(root, env, s: int, e: int, obs: str, source: str, episode: in
     action = np.asarray(root["data/action"][s:e], dtype=np.float32)
     _check_finite("data/state", state, source, episode)
     _check_finite("data/action", action, source, episode)
-    kps, cov = zip(*(block_observation(env, st) for st in state))
+    kps, cov = zip(*(block_observation(env, st) for st in state), strict=True)
     cov = np.asarray(cov)
     next_cov = np.concatenate([cov[1:], [final_coverage(env, state, action)]])
     frames = {
@@ -233,17 +243,26 @@ def episode_frames(root, env, s: int, e: int, obs: str, source: str, episode: in
     else:
         img = np.asarray(root["data/img"][s:e])
         if img.shape[1:] != (96, 96, 3):
-            raise PushTDataError(f"{source}, episode {episode}, key 'data/img': shape {img.shape[1:]}, "
-                                 "expected (96, 96, 3)")
+            raise PushTDataError(
+                f"{source}, episode {episode}, key 'data/img': shape {img.shape[1:]}, expected (96, 96, 3)"
+            )
         _check_finite("data/img", img, source, episode)
         frames[OBS_IMAGE] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     frames["_coverage"] = cov
     return frames
 
 
-def convert_pusht(source: str | Path, out: str | Path, *, obs: str = "keypoints", episodes: int | None = None,
-                  verify: bool = True, overwrite: bool = False, repo_id: str | None = None,
-                  progress: bool = True) -> PushTReport:
+def convert_pusht(
+    source: str | Path,
+    out: str | Path,
+    *,
+    obs: str = "keypoints",
+    episodes: int | None = None,
+    verify: bool = True,
+    overwrite: bool = False,
+    repo_id: str | None = None,
+    progress: bool = True,
+) -> PushTReport:
     """Convert the first ``episodes`` (all if None) Push-T demonstrations into a LeRobotDataset at ``out``."""
     if obs not in FLAVOURS:
         raise ValueError(f"obs must be one of {sorted(FLAVOURS)}, got {obs!r}")
@@ -264,12 +283,26 @@ def convert_pusht(source: str | Path, out: str | Path, *, obs: str = "keypoints"
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         bounds = bounds[:episodes]
     env = make_sim()
-    prov = {"converter": "cdp_plugin.data.pusht", "source": str(Path(source).absolute()), "obs": obs,
-            "gym_pusht_obs_type": FLAVOURS[obs], "episodes": len(bounds), "verified": verify,
-            "python": platform.python_version(), "placement": "block angle first, then position"}
+    prov = {
+        "converter": "cdp_plugin.data.pusht",
+        "source": str(Path(source).absolute()),
+        "obs": obs,
+        "gym_pusht_obs_type": FLAVOURS[obs],
+        "episodes": len(bounds),
+        "verified": verify,
+        "python": platform.python_version(),
+        "placement": "block angle first, then position",
+    }
     successes = 0
-    with atomic_dataset(out, repo_id=repo_id or f"local/pusht_{obs}", fps=FPS, features=pusht_features(obs),
-                        robot_type="2d pointer", overwrite=overwrite, provenance=prov) as ds:
+    with atomic_dataset(
+        out,
+        repo_id=repo_id or f"local/pusht_{obs}",
+        fps=FPS,
+        features=pusht_features(obs),
+        robot_type="2d pointer",
+        overwrite=overwrite,
+        provenance=prov,
+    ) as ds:
         for i, (s, e) in enumerate(tqdm(bounds, desc=f"pusht {obs}", unit="ep", disable=not progress)):
             frames = episode_frames(root, env, s, e, obs, src, i)
             frames.pop("_coverage")
@@ -289,20 +322,32 @@ def convert_pusht(source: str | Path, out: str | Path, *, obs: str = "keypoints"
 
 def generate_dataset(cfg):
     """The task table's dataset entry for ``pusht`` (:mod:`cdp_plugin.envs.tasks`): converts the first
-    ``cfg.episodes`` demonstrations of ``cfg.source`` (default: the task's), ``cfg.images`` -> image flavour."""
+    ``cfg.episodes`` demonstrations of ``cfg.source`` (default: the task's); ``cfg.images``: image flavour."""
     from cdp_plugin.data.generate import GenerateReport
     from cdp_plugin.envs.tasks import get_task
 
     spec = get_task("pusht")
     source = cfg.source or spec.source()
-    rep = convert_pusht(source, cfg.out, obs="image" if cfg.images else "keypoints", episodes=cfg.episodes,
-                        overwrite=cfg.overwrite, repo_id=cfg.repo_id)
-    return GenerateReport(task="pusht", episodes_written=rep.episodes_written, attempts=rep.episodes_written,
-                          successes=round(rep.demo_success_rate * rep.episodes_written), frames=rep.frames,
-                          total_seconds=rep.seconds, episode_lengths=rep.episode_lengths)
+    rep = convert_pusht(
+        source,
+        cfg.out,
+        obs="image" if cfg.images else "keypoints",
+        episodes=cfg.episodes,
+        overwrite=cfg.overwrite,
+        repo_id=cfg.repo_id,
+    )
+    return GenerateReport(
+        task="pusht",
+        episodes_written=rep.episodes_written,
+        attempts=rep.episodes_written,
+        successes=round(rep.demo_success_rate * rep.episodes_written),
+        frames=rep.frames,
+        total_seconds=rep.seconds,
+        episode_lengths=rep.episode_lengths,
+    )
 
 
-# -- fidelity against the simulator ---------------------------------------------------------------------------
+# -- fidelity against the simulator --------------------------------------------------------------------------
 
 
 def _angle_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -310,9 +355,9 @@ def _angle_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def state_equality(source: str | Path, dataset: str | Path, episodes: list[int], step: bool = True) -> dict:
-    """For every frame of ``episodes``: put gym-pusht in the recorded state (angle first, then position, and with
-    ``step`` one 10 ms physics step, as ``reset_to_state`` does) and compare its ``environment_state_agent_pos``
-    observation with the converted frame.
+    """For every frame of ``episodes``: put gym-pusht in the recorded state (angle first, then position, and
+    with ``step`` one 10 ms physics step, as ``reset_to_state`` does) and compare its
+    ``environment_state_agent_pos`` observation with the converted frame.
 
     Returns the largest absolute differences in pixels (keypoints, agent position) over those frames. Without
     the step the bound is float32 rounding of the stored values (|x| <= 512: 512 * 2**-24 = 3e-5 px); the step
@@ -332,8 +377,9 @@ def state_equality(source: str | Path, dataset: str | Path, episodes: list[int],
         s, e = bounds[ep]
         lo = int(ds.meta.episodes["dataset_from_index"][ep])
         if int(ds.meta.episodes["length"][ep]) != e - s:
-            raise PushTDataError(f"{dataset}: episode {ep} has {ds.meta.episodes['length'][ep]} frames, the source "
-                                 f"{e - s}")
+            raise PushTDataError(
+                f"{dataset}: episode {ep} has {ds.meta.episodes['length'][ep]} frames, the source {e - s}"
+            )
         state = np.asarray(root["data/state"][s:e], dtype=np.float64)
         for t in range(e - s):
             place(env, state[t], step=step)
@@ -342,8 +388,13 @@ def state_equality(source: str | Path, dataset: str | Path, episodes: list[int],
             worst_pos = max(worst_pos, float(np.abs(o["agent_pos"] - pos_all[lo + t]).max()))
             frames += 1
     env.close()
-    return {"episodes": list(episodes), "frames": frames, "physics_step": step, "max_abs_keypoint_px": worst_kp,
-            "max_abs_agent_px": worst_pos}
+    return {
+        "episodes": list(episodes),
+        "frames": frames,
+        "physics_step": step,
+        "max_abs_keypoint_px": worst_kp,
+        "max_abs_agent_px": worst_pos,
+    }
 
 
 def replay(source: str | Path, episode: int, root=None, env=None) -> dict:
@@ -373,14 +424,22 @@ def replay(source: str | Path, episode: int, root=None, env=None) -> dict:
             ang_drift.append(float(_angle_diff(pose[2], state[t + 1, 4])))
     if own_env:
         env.close()
-    return {"episode": episode, "steps": e - s, "max_block_drift_px": max(pos_drift, default=0.0),
-            "final_block_drift_px": pos_drift[-1] if pos_drift else 0.0,
-            "max_angle_drift_rad": max(ang_drift, default=0.0), "replay_max_coverage": max(cov, default=0.0),
-            "recorded_max_coverage": recorded_cov, "recorded_max_coverage_with_last_action": max(recorded_cov, final_cov)}
+    return {
+        "episode": episode,
+        "steps": e - s,
+        "max_block_drift_px": max(pos_drift, default=0.0),
+        "final_block_drift_px": pos_drift[-1] if pos_drift else 0.0,
+        "max_angle_drift_rad": max(ang_drift, default=0.0),
+        "replay_max_coverage": max(cov, default=0.0),
+        "recorded_max_coverage": recorded_cov,
+        "recorded_max_coverage_with_last_action": max(recorded_cov, final_cov),
+    }
 
 
-def fidelity(source: str | Path, dataset: str | Path | None, episodes: list[int], progress: bool = True) -> dict:
-    """Simulator equality of the converted keypoint frames (if ``dataset``) and open-loop replays of ``episodes``."""
+def fidelity(
+    source: str | Path, dataset: str | Path | None, episodes: list[int], progress: bool = True
+) -> dict:
+    """Simulator equality of the converted keypoint frames (if ``dataset``) and open-loop replays."""
     root = open_source(source)
     n = len(episode_bounds(root))
     bad = [ep for ep in episodes if not 0 <= ep < n]
@@ -391,8 +450,10 @@ def fidelity(source: str | Path, dataset: str | Path | None, episodes: list[int]
         out["state_equality_placed"] = state_equality(source, dataset, episodes, step=False)
         out["state_equality_after_step"] = state_equality(source, dataset, episodes, step=True)
     env = make_sim("environment_state_agent_pos")
-    rows = [replay(source, ep, root=root, env=env)
-            for ep in tqdm(episodes, desc="pusht replay", unit="ep", disable=not progress)]
+    rows = [
+        replay(source, ep, root=root, env=env)
+        for ep in tqdm(episodes, desc="pusht replay", unit="ep", disable=not progress)
+    ]
     env.close()
     drift = np.array([r["max_block_drift_px"] for r in rows])
     out["replays"] = rows
@@ -402,15 +463,16 @@ def fidelity(source: str | Path, dataset: str | Path | None, episodes: list[int]
         "p90_max_drift_px": float(np.percentile(drift, 90)),
         "mean_replay_max_coverage": float(np.mean([r["replay_max_coverage"] for r in rows])),
         "mean_recorded_max_coverage": float(np.mean([r["recorded_max_coverage"] for r in rows])),
-        "mean_recorded_max_coverage_with_last_action": float(np.mean(
-            [r["recorded_max_coverage_with_last_action"] for r in rows])),
+        "mean_recorded_max_coverage_with_last_action": float(
+            np.mean([r["recorded_max_coverage_with_last_action"] for r in rows])
+        ),
         "median_replay_max_coverage": float(np.median([r["replay_max_coverage"] for r in rows])),
         "replay_success_rate": float(np.mean([r["replay_max_coverage"] > SUCCESS_COVERAGE for r in rows])),
     }
     return out
 
 
-# -- CLI ------------------------------------------------------------------------------------------------------
+# -- CLI -----------------------------------------------------------------------------------------------------
 
 
 def _episode_list(text: str) -> list[int]:
@@ -425,20 +487,33 @@ def _episode_list(text: str) -> list[int]:
 
 def convert_main(argv: list[str] | None = None) -> int:
     """``python -m cdp_plugin.data.convert pusht <zarr> --out DIR --obs keypoints|image``."""
-    p = argparse.ArgumentParser(prog="python -m cdp_plugin.data.convert pusht",
-                                description="Push-T human demonstrations -> LeRobotDataset (gym-pusht features)")
+    p = argparse.ArgumentParser(
+        prog="python -m cdp_plugin.data.convert pusht",
+        description="Push-T human demonstrations -> LeRobotDataset (gym-pusht features)",
+    )
     p.add_argument("source", type=Path, help="pusht_cchi_v7_replay.zarr (directory or .zip)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--obs", choices=sorted(FLAVOURS), default="keypoints",
-                   help="keypoints: state + 8 keypoints (environment_state_agent_pos); image: 96x96 image + state")
+    p.add_argument(
+        "--obs",
+        choices=sorted(FLAVOURS),
+        default="keypoints",
+        help="keypoints: state + 8 keypoints (environment_state_agent_pos); image: 96x96 image + state",
+    )
     p.add_argument("--episodes", type=int, default=None, help="convert only the first N episodes")
     p.add_argument("--repo-id", default=None)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip the checksum check against the README's")
     a = p.parse_args(argv)
     try:
-        rep = convert_pusht(a.source, a.out, obs=a.obs, episodes=a.episodes, verify=not a.no_verify,
-                            overwrite=a.overwrite, repo_id=a.repo_id)
+        rep = convert_pusht(
+            a.source,
+            a.out,
+            obs=a.obs,
+            episodes=a.episodes,
+            verify=not a.no_verify,
+            overwrite=a.overwrite,
+            repo_id=a.repo_id,
+        )
     except (PushTDataError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -452,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("convert", help="same as python -m cdp_plugin.data.convert pusht ...", add_help=False)
     pf = sub.add_parser("fidelity", help="simulator equality of a converted dataset and open-loop replays")
     pf.add_argument("source", type=Path)
-    pf.add_argument("--dataset", type=Path, default=None, help="a keypoints conversion to check frame by frame")
+    pf.add_argument(
+        "--dataset", type=Path, default=None, help="a keypoints conversion to check frame by frame"
+    )
     pf.add_argument("--episodes", default="0,1,50,150", help="e.g. 0,1,50,150 or 0-9 or all (replays)")
     pf.add_argument("--json", type=Path, default=None, help="also write the result here")
     argv = sys.argv[1:] if argv is None else argv
@@ -465,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PushTDataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = json.dumps(res if len(episodes) <= 20 else {k: v for k, v in res.items() if k != "replays"}, indent=1)
+    text = json.dumps(
+        res if len(episodes) <= 20 else {k: v for k, v in res.items() if k != "replays"}, indent=1
+    )
     print(text)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))

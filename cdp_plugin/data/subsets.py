@@ -41,7 +41,7 @@ _AUTO_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_index"
 def _fraction_count(n: int, fraction: float) -> int:
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    return max(1, int(round(fraction * n)))
+    return max(1, round(fraction * n))
 
 
 def episode_subset(num_episodes: int, fraction: float, seed: int = 42) -> list[int]:

@@ -17,6 +17,7 @@ wall for a third of its start/goal pairs).
 from __future__ import annotations
 
 from collections import deque
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -55,7 +56,7 @@ def maze_map(name: str) -> list[list]:
 class PointMazeEnv(gym.Env):
     """PointMaze with LeRobot observation keys, ``is_success`` in ``info``, and a numpy top-down renderer."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(
         self,

@@ -21,6 +21,8 @@ initial joint noise are drawn at every ``reset(seed=...)``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -32,7 +34,7 @@ STATE_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 class RobosuiteEnv(gym.Env):
     """A robosuite task with the Panda arm behind the gymnasium API, terminating on success."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(
         self,

@@ -18,8 +18,9 @@ import numpy as np
 
 def step_rate(env_type: str, steps: int, warmup: int = 200, seed: int = 0, **env_kwargs) -> dict:
     """Steps per second of one ``env_type`` env (a 1-env SyncVectorEnv, as ``lerobot-eval --eval.batch_size=1``)."""
-    import cdp_plugin.envs  # noqa: F401
     from lerobot.envs.factory import make_env, make_env_config
+
+    import cdp_plugin.envs  # noqa: F401
 
     cfg = make_env_config(env_type, **env_kwargs)
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ _REPO = Path(__file__).resolve().parents[2]
 
 
 def default_pusht_zarr() -> Path:
-    """The Push-T replay buffer: ``$CDP_PUSHT_ZARR`` or ``<repo>/../shared/data/pusht/pusht_cchi_v7_replay.zarr``."""
+    """The Push-T zarr: ``$CDP_PUSHT_ZARR``, else ``<repo>/../shared/data/pusht/pusht_cchi_v7_replay.zarr``"""
     env = os.environ.get(PUSHT_ZARR_ENV)
     return Path(env) if env else _REPO.parent / "shared" / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
 
@@ -100,38 +100,71 @@ class TaskSpec:
         path = self.source()
         if Path(path).exists():
             return None
-        return (f"{self.name}: no data at {path} (set {PUSHT_ZARR_ENV} or pass --source to point at "
-                f"{Path(path).name})")
+        return (
+            f"{self.name}: no data at {path} (set {PUSHT_ZARR_ENV} or pass --source to point at "
+            f"{Path(path).name})"
+        )
 
 
 TASKS: dict[str, TaskSpec] = {
     "pointmaze": TaskSpec(
-        name="pointmaze", env_type="pointmaze", env_config="cdp_plugin.envs.configs:PointMazeEnvConfig",
-        fps=50, max_steps=200, robot_type="point", sim_task="TwoRoutes", default_noise=0.1, image_size=(96, 96),
+        name="pointmaze",
+        env_type="pointmaze",
+        env_config="cdp_plugin.envs.configs:PointMazeEnvConfig",
+        fps=50,
+        max_steps=200,
+        robot_type="point",
+        sim_task="TwoRoutes",
+        default_noise=0.1,
+        image_size=(96, 96),
         expert="cdp_plugin.envs.pointmaze:make_env_and_expert",
         bench=BenchDefaults(dataset_episodes=50, eval_episodes=50, env_episode_length=200),
         description="PointMaze scripted expert (BFS planner + PD controller)",
     ),
     "lift": TaskSpec(
-        name="lift", env_type="robosuite_lift", env_config="cdp_plugin.envs.configs:RobosuiteLiftEnvConfig",
-        fps=20, max_steps=200, robot_type="panda", sim_task="Lift", default_noise=0.05, image_size=(84, 84),
+        name="lift",
+        env_type="robosuite_lift",
+        env_config="cdp_plugin.envs.configs:RobosuiteLiftEnvConfig",
+        fps=20,
+        max_steps=200,
+        robot_type="panda",
+        sim_task="Lift",
+        default_noise=0.05,
+        image_size=(84, 84),
         expert="cdp_plugin.envs.robosuite_env:make_env_and_expert",
         bench=BenchDefaults(dataset_episodes=50, eval_episodes=50, env_episode_length=200),
         description="robosuite Lift scripted expert",
     ),
     "can": TaskSpec(
-        name="can", env_type="robosuite_can", env_config="cdp_plugin.envs.configs:RobosuiteCanEnvConfig",
-        fps=20, max_steps=400, robot_type="panda", sim_task="PickPlaceCan", default_noise=0.05,
-        image_size=(84, 84), expert="cdp_plugin.envs.robosuite_env:make_env_and_expert",
+        name="can",
+        env_type="robosuite_can",
+        env_config="cdp_plugin.envs.configs:RobosuiteCanEnvConfig",
+        fps=20,
+        max_steps=400,
+        robot_type="panda",
+        sim_task="PickPlaceCan",
+        default_noise=0.05,
+        image_size=(84, 84),
+        expert="cdp_plugin.envs.robosuite_env:make_env_and_expert",
         bench=BenchDefaults(dataset_episodes=50, eval_episodes=50, env_episode_length=400),
         description="robosuite PickPlaceCan scripted expert",
     ),
     "pusht": TaskSpec(
-        name="pusht", env_type="pusht", env_config="lerobot.envs.configs:PushtEnv",
-        fps=10, max_steps=300, robot_type="2d pointer", image_size=(96, 96),
-        dataset="cdp_plugin.data.pusht:generate_dataset", source=default_pusht_zarr,
-        bench=BenchDefaults(dataset_episodes=206, eval_episodes=50, env_episode_length=300,
-                            env_args=("--env.obs_type=environment_state_agent_pos",)),
+        name="pusht",
+        env_type="pusht",
+        env_config="lerobot.envs.configs:PushtEnv",
+        fps=10,
+        max_steps=300,
+        robot_type="2d pointer",
+        image_size=(96, 96),
+        dataset="cdp_plugin.data.pusht:generate_dataset",
+        source=default_pusht_zarr,
+        bench=BenchDefaults(
+            dataset_episodes=206,
+            eval_episodes=50,
+            env_episode_length=300,
+            env_args=("--env.obs_type=environment_state_agent_pos",),
+        ),
         description="Chi et al.'s 206 human Push-T demonstrations (pusht_cchi_v7_replay.zarr)",
     ),
 }

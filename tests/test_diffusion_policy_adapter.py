@@ -38,7 +38,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, cwd=str(REPO)
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
     )
 
 
@@ -135,12 +139,26 @@ class DPConventionPolicy(nn.Module):
     per-sample mean then batch mean; ``self.kwargs`` forwarded to ``scheduler.step``.
     """
 
-    def __init__(self, model, noise_scheduler, action_dim, obs_dim, n_obs_steps, inpaint=False,
-                 num_inference_steps=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        noise_scheduler,
+        action_dim,
+        obs_dim,
+        n_obs_steps,
+        inpaint=False,
+        num_inference_steps=None,
+        **kwargs,
+    ):
         super().__init__()
         self.model = model
         self.noise_scheduler = noise_scheduler
-        self.action_dim, self.obs_dim, self.n_obs_steps, self.inpaint = action_dim, obs_dim, n_obs_steps, inpaint
+        self.action_dim, self.obs_dim, self.n_obs_steps, self.inpaint = (
+            action_dim,
+            obs_dim,
+            n_obs_steps,
+            inpaint,
+        )
         self.kwargs = kwargs
         self.num_inference_steps = num_inference_steps or noise_scheduler.config.num_train_timesteps
 
@@ -187,8 +205,9 @@ def _contractive_cls():
 def _scheduler(pred="epsilon"):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True,
-                         prediction_type=pred)
+    return DDPMScheduler(
+        num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True, prediction_type=pred
+    )
 
 
 def _unet(input_dim=DA, global_cond_dim=DO * TO):
@@ -199,8 +218,13 @@ def _unet(input_dim=DA, global_cond_dim=DO * TO):
     cfg = DiffusionConfig(
         input_features={"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(DO,))},
         output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(input_dim,))},
-        down_dims=(16, 32), diffusion_step_embed_dim=16, n_groups=4, kernel_size=3, horizon=T_H,
-        n_action_steps=4, device="cpu",
+        down_dims=(16, 32),
+        diffusion_step_embed_dim=16,
+        n_groups=4,
+        kernel_size=3,
+        horizon=T_H,
+        n_action_steps=4,
+        device="cpu",
     )
     torch.manual_seed(0)
     return DiffusionConditionalUnet1d(cfg, global_cond_dim=global_cond_dim)
@@ -315,8 +339,17 @@ def test_penalty_is_formed_on_x0_jacobian_of_the_action_block(pred, inpaint):
     k, beta = 0.3, 0.1
     model = LinearDenoiser(k)
     for norm, N in (("per_dim", 1), ("paper_d2", T_H * DA)):
-        pol = _contractive_cls()(model, _scheduler(pred), DA, DO, TO, inpaint=inpaint, contraction_margin=beta,
-                                 contraction_batch_fraction=1.0, contraction_normalization=norm)
+        pol = _contractive_cls()(
+            model,
+            _scheduler(pred),
+            DA,
+            DO,
+            TO,
+            inpaint=inpaint,
+            contraction_margin=beta,
+            contraction_batch_fraction=1.0,
+            contraction_normalization=norm,
+        )
         pol.compute_loss(_batch())
         t = model.seen_t[:B]
         alpha, sigma = alpha_sigma(pol.noise_scheduler, t)
@@ -348,8 +381,9 @@ def test_sign_penalty_vanishes_at_the_contractive_target():
 
     pens = []
     for scale in (1.0, 0.5):
-        pol = _contractive_cls()(TargetEps(scale), sched, DA, DO, TO, contraction_margin=0.1,
-                                 contraction_batch_fraction=1.0)
+        pol = _contractive_cls()(
+            TargetEps(scale), sched, DA, DO, TO, contraction_margin=0.1, contraction_batch_fraction=1.0
+        )
         pol.compute_loss(_batch())
         pens.append(pol.last_contraction["penalty"])
     assert pens[0] < 1e-6 < pens[1]
@@ -403,7 +437,11 @@ def test_ode_sampler_runs_in_the_upstream_loop(sampler):
     assert cdp.noise_scheduler is orig  # restored after sampling
     assert a.shape == cond.shape and torch.isfinite(a).all() and a.abs().max() <= 1.0 + 1e-5
     assert torch.equal(a, b)
-    expected = {"ddim": "DDIMScheduler", "dpmsolver++": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
+    expected = {
+        "ddim": "DDIMScheduler",
+        "dpmsolver++": "DPMSolverMultistepScheduler",
+        "ddpm": "DDPMScheduler",
+    }
     assert type(cdp.sampling_scheduler()).__name__ == expected[sampler]
     assert len(cdp.sampling_scheduler().timesteps) == 6
     if sampler == "dpmsolver++":  # a step kwarg the solver lacks is dropped with a warning
@@ -424,7 +462,9 @@ def test_ode_sampler_runs_in_the_upstream_loop(sampler):
 
     f = _StepKwargFilter(NoGenerator(cdp.sampling_scheduler()), sampler)
     f.set_timesteps(4)
-    out = f.step(torch.zeros(1, T_H, DA), f.timesteps[0], torch.zeros(1, T_H, DA), generator=torch.Generator())
+    out = f.step(
+        torch.zeros(1, T_H, DA), f.timesteps[0], torch.zeros(1, T_H, DA), generator=torch.Generator()
+    )
     assert out.prev_sample.shape == (1, T_H, DA)
 
 
@@ -479,5 +519,8 @@ def test_shipped_configs_use_valid_adapter_keys():
         # the values construct a valid ContractionConfig
         cls = _contractive_cls()
         cls(_unet(), _scheduler(), DA, DO, TO, **OmegaConf.to_container(OmegaConf.create(mine)))
-    assert {"ContractiveDiffusionUnetLowdimPolicy", "ContractiveDiffusionUnetImagePolicy",
-            "ContractiveDiffusionUnetHybridImagePolicy"} <= seen_targets
+    assert {
+        "ContractiveDiffusionUnetLowdimPolicy",
+        "ContractiveDiffusionUnetImagePolicy",
+        "ContractiveDiffusionUnetHybridImagePolicy",
+    } <= seen_targets

@@ -3,17 +3,19 @@
 Switch a diffusion_policy project to CDP by changing one hydra line::
 
     policy:
-      _target_: cdp_plugin.diffusion_policy.ContractiveDiffusionUnetLowdimPolicy   # was diffusion_policy.policy.diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy
+      # was diffusion_policy.policy.diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy
+      _target_: cdp_plugin.diffusion_policy.ContractiveDiffusionUnetLowdimPolicy
 
-=================================================  ==========================================================
-class                                              upstream parent (``diffusion_policy.policy.…``)
-=================================================  ==========================================================
-``ContractiveDiffusionUnetLowdimPolicy``           ``diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy``
-``ContractiveDiffusionUnetImagePolicy``            ``diffusion_unet_image_policy.DiffusionUnetImagePolicy``
-``ContractiveDiffusionUnetHybridImagePolicy``      ``diffusion_unet_hybrid_image_policy.DiffusionUnetHybridImagePolicy`` (robomimic)
-``ContractiveDiffusionTransformerLowdimPolicy``    ``diffusion_transformer_lowdim_policy.DiffusionTransformerLowdimPolicy``
-``ContractiveDiffusionTransformerHybridImagePolicy`` ``diffusion_transformer_hybrid_image_policy.DiffusionTransformerHybridImagePolicy`` (robomimic)
-=================================================  ==========================================================
+Classes and their upstream parents (``diffusion_policy.policy.…``):
+
+* ``ContractiveDiffusionUnetLowdimPolicy``: ``diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy``
+* ``ContractiveDiffusionUnetImagePolicy``: ``diffusion_unet_image_policy.DiffusionUnetImagePolicy``
+* ``ContractiveDiffusionUnetHybridImagePolicy``:
+  ``diffusion_unet_hybrid_image_policy.DiffusionUnetHybridImagePolicy`` (robomimic)
+* ``ContractiveDiffusionTransformerLowdimPolicy``:
+  ``diffusion_transformer_lowdim_policy.DiffusionTransformerLowdimPolicy``
+* ``ContractiveDiffusionTransformerHybridImagePolicy``:
+  ``diffusion_transformer_hybrid_image_policy.DiffusionTransformerHybridImagePolicy`` (robomimic)
 
 diffusion_policy is imported lazily (PEP 562 ``__getattr__``): ``import cdp_plugin.diffusion_policy``
 never needs it; the first access to a class imports upstream, or raises an ImportError that says how to

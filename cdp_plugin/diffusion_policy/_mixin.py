@@ -38,7 +38,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cdp_plugin.contraction import ContractionConfig, PenaltyRows, StepGrid, penalty_from_outputs, penalty_rows
+from cdp_plugin.contraction import (
+    ContractionConfig,
+    PenaltyRows,
+    StepGrid,
+    penalty_from_outputs,
+    penalty_rows,
+)
 from cdp_plugin.samplers import SAMPLERS
 
 # sampler=None deploys upstream's own noise_scheduler: the SAMPLERS name of the same update
@@ -135,8 +141,9 @@ class _Capture:
         T = int(o.noise_scheduler.config.num_train_timesteps)
         sl = o._cdp_action_slice(x)
         self.grid = grid = o._cdp_step_grid()
-        self.rows = rows = penalty_rows(x[..., sl].detach(), o.contraction, self.t.float() / T, timesteps=self.t,
-                                        grid=grid)
+        self.rows = rows = penalty_rows(
+            x[..., sl].detach(), o.contraction, self.t.float() / T, timesteps=self.t, grid=grid
+        )
         if not self.fused or not rows.extra:
             return None
         idx = rows.idx
@@ -235,8 +242,10 @@ class ContractiveMixin:
         if cache is None or cache[0] != key:
             name = self.sampler or _UPSTREAM_SAMPLER.get(type(self.noise_scheduler).__name__)
             if name is None:
-                raise ValueError(f"contraction_threshold='sampler' / contraction_step_window: no step formula for "
-                                 f"{type(self.noise_scheduler).__name__}; set sampler= or contraction_threshold=alpha")
+                raise ValueError(
+                    f"contraction_threshold='sampler' / contraction_step_window: no step formula for "
+                    f"{type(self.noise_scheduler).__name__}; set sampler= or contraction_threshold=alpha"
+                )
             cache = (key, StepGrid.from_sampler(self.noise_scheduler, name, k))
             self._cdp_grid_cache = cache
         return cache[1]
@@ -254,8 +263,13 @@ class ContractiveMixin:
         self._cdp_step += 1
         if not cfg.applies_at_step(step):
             loss = super().compute_loss(batch, *args, **kwargs)
-            self.last_contraction = {"loss": float(loss.detach()), "diffusion_loss": float(loss.detach()),
-                                     "penalty": 0.0, "weight": cfg.weight, "step": float(step)}
+            self.last_contraction = {
+                "loss": float(loss.detach()),
+                "diffusion_loss": float(loss.detach()),
+                "penalty": 0.0,
+                "weight": cfg.weight,
+                "step": float(step),
+            }
             return loss
 
         fused = self._cdp_fused()
@@ -278,8 +292,17 @@ class ContractiveMixin:
         alpha, sigma = alpha_sigma(self.noise_scheduler, cap.t)
         y, y_rows = (cap.y[..., sl], cap.y_pert[..., sl]) if cap.y is not None else (None, None)
         penalty, diag = penalty_from_outputs(
-            cap.rows, x[..., sl].detach(), alpha.to(x.dtype), sigma.to(x.dtype), pred, cfg, y=y, y_rows=y_rows,
-            fn=cap.denoiser(x, sl), timesteps=cap.t, grid=cap.grid,
+            cap.rows,
+            x[..., sl].detach(),
+            alpha.to(x.dtype),
+            sigma.to(x.dtype),
+            pred,
+            cfg,
+            y=y,
+            y_rows=y_rows,
+            fn=cap.denoiser(x, sl),
+            timesteps=cap.t,
+            grid=cap.grid,
         )
         loss = diffusion_loss + cfg.weight * penalty
         self.last_contraction = {
@@ -311,12 +334,13 @@ class ContractiveMixin:
         if self.sampler is None:
             return super().conditional_sample(*args, **kwargs)
         orig = self.noise_scheduler
-        self.noise_scheduler = _StepKwargFilter(self.sampling_scheduler(), self.sampler)  # upstream's loop reads it
+        self.noise_scheduler = _StepKwargFilter(
+            self.sampling_scheduler(), self.sampler
+        )  # upstream's loop reads it
         try:
             return super().conditional_sample(*args, **kwargs)
         finally:
             self.noise_scheduler = orig
-
 
 
 def _mixin_signature() -> inspect.Signature:
@@ -324,8 +348,9 @@ def _mixin_signature() -> inspect.Signature:
     :class:`ContractionConfig` field with its default, then ``sampler`` (for ``inspect`` / hydra / docs)."""
     P = inspect.Parameter
     params = [P("self", P.POSITIONAL_OR_KEYWORD), P("args", P.VAR_POSITIONAL)]
-    params += [P(k, P.KEYWORD_ONLY, default=f.default) for k, f in
-               zip(CONTRACTION_KWARGS, fields(ContractionConfig))]
+    params += [
+        P(k, P.KEYWORD_ONLY, default=f.default) for k, f in zip(CONTRACTION_KWARGS, fields(ContractionConfig))
+    ]
     params += [P("sampler", P.KEYWORD_ONLY, default=None), P("kwargs", P.VAR_KEYWORD)]
     return inspect.Signature(params)
 
@@ -351,7 +376,9 @@ class _StepKwargFilter:
         dropped = [k for k in kwargs if k not in self._accepted]
         loud = [k for k in dropped if k != "generator"]
         if loud:
-            warnings.warn(f"sampler={self._name!r}: scheduler.step does not take {loud}; ignored", stacklevel=2)
+            warnings.warn(
+                f"sampler={self._name!r}: scheduler.step does not take {loud}; ignored", stacklevel=2
+            )
         kwargs = {k: v for k, v in kwargs.items() if k not in dropped}
         return self._sched.step(model_output, timestep, sample, *args, **kwargs)
 
@@ -362,8 +389,11 @@ def finalize_class(cls: type, upstream: type) -> type:
     up = inspect.signature(upstream.__init__)
     mine = inspect.signature(ContractiveMixin.__init__)
     params = [p for p in up.parameters.values() if p.kind != p.VAR_KEYWORD]
-    extra = [p.replace(kind=p.KEYWORD_ONLY) for p in mine.parameters.values()
-             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"]
+    extra = [
+        p.replace(kind=p.KEYWORD_ONLY)
+        for p in mine.parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"
+    ]
     var_kw = [p for p in up.parameters.values() if p.kind == p.VAR_KEYWORD]
     sig = up.replace(parameters=params + extra + var_kw)
 

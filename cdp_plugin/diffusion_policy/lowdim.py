@@ -1,7 +1,9 @@
-"""Contractive ``DiffusionUnetLowdimPolicy``: low-dimensional observations, ConditionalUnet1D (``train_diffusion_unet_lowdim_workspace``, also the DDIM variant). Needs no robomimic.
+"""Contractive ``DiffusionUnetLowdimPolicy``: low-dimensional observations, ConditionalUnet1D
+(``train_diffusion_unet_lowdim_workspace``, also the DDIM variant). Needs no robomimic.
 
-Importing this module imports diffusion_policy (``diffusion_policy.policy.diffusion_unet_lowdim_policy``); use it through
-``cdp_plugin.diffusion_policy.ContractiveDiffusionUnetLowdimPolicy`` (hydra: ``policy._target_``).
+Importing this module imports diffusion_policy (``diffusion_policy.policy.diffusion_unet_lowdim_policy``);
+use it through ``cdp_plugin.diffusion_policy.ContractiveDiffusionUnetLowdimPolicy`` (hydra:
+``policy._target_``).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 from cdp_plugin.diffusion_policy._mixin import ContractiveMixin, finalize_class
 from cdp_plugin.diffusion_policy._upstream import import_upstream
 
-DiffusionUnetLowdimPolicy = import_upstream("diffusion_policy.policy.diffusion_unet_lowdim_policy", "DiffusionUnetLowdimPolicy")
+DiffusionUnetLowdimPolicy = import_upstream(
+    "diffusion_policy.policy.diffusion_unet_lowdim_policy", "DiffusionUnetLowdimPolicy"
+)
 
 
 class ContractiveDiffusionUnetLowdimPolicy(ContractiveMixin, DiffusionUnetLowdimPolicy):

@@ -1,6 +1,9 @@
-"""Contractive ``DiffusionTransformerLowdimPolicy``: low-dimensional observations, TransformerForDiffusion (``train_diffusion_transformer_lowdim_workspace``). Its dropout makes the penalty use separate dropout-free forward passes.
+"""Contractive ``DiffusionTransformerLowdimPolicy``: low-dimensional observations, TransformerForDiffusion
+(``train_diffusion_transformer_lowdim_workspace``). Its dropout makes the penalty use separate dropout-free
+forward passes.
 
-Importing this module imports diffusion_policy (``diffusion_policy.policy.diffusion_transformer_lowdim_policy``); use it through
+Importing this module imports diffusion_policy
+(``diffusion_policy.policy.diffusion_transformer_lowdim_policy``); use it through
 ``cdp_plugin.diffusion_policy.ContractiveDiffusionTransformerLowdimPolicy`` (hydra: ``policy._target_``).
 """
 
@@ -9,7 +12,9 @@ from __future__ import annotations
 from cdp_plugin.diffusion_policy._mixin import ContractiveMixin, finalize_class
 from cdp_plugin.diffusion_policy._upstream import import_upstream
 
-DiffusionTransformerLowdimPolicy = import_upstream("diffusion_policy.policy.diffusion_transformer_lowdim_policy", "DiffusionTransformerLowdimPolicy")
+DiffusionTransformerLowdimPolicy = import_upstream(
+    "diffusion_policy.policy.diffusion_transformer_lowdim_policy", "DiffusionTransformerLowdimPolicy"
+)
 
 
 class ContractiveDiffusionTransformerLowdimPolicy(ContractiveMixin, DiffusionTransformerLowdimPolicy):

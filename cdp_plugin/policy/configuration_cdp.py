@@ -55,7 +55,8 @@ class ContractiveDiffusionConfig(DiffusionConfig):
       ``"v_prediction"`` are supported too — the penalty is always formed on the implied x0-Jacobian.
     * ``sampler="dpmsolver++"`` with ``num_inference_steps=10`` (deterministic DPM-Solver++(2M));
       ``"ddim"`` (eta = 0) and ``"ddpm"`` (the training schedule stepped stochastically) are selectable;
-      every sampler is built from the training scheduler's config (:func:`cdp_plugin.samplers.make_scheduler`).
+      every sampler is built from the training scheduler's config
+      (:func:`cdp_plugin.samplers.make_scheduler`).
     * the cosine (``squaredcos_cap_v2``) schedule LeRobot already uses.
 
     Contraction fields ``--policy.contraction_<name>``: one per field of
@@ -78,7 +79,8 @@ class ContractiveDiffusionConfig(DiffusionConfig):
         try:
             self._post_init()
         except ValueError as e:
-            # draccus replaces the message by "Couldn't instantiate class ...": say it once, plainly, on stderr
+            # draccus replaces the message by "Couldn't instantiate class ...": say it once, plainly, on
+            # stderr
             print(f"error: cdp config: {e}", file=sys.stderr)
             raise
 
@@ -94,7 +96,9 @@ class ContractiveDiffusionConfig(DiffusionConfig):
             self.prediction_type = pred
         if self.sampler not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {list(SAMPLERS)}. Got {self.sampler!r}.")
-        if self.num_inference_steps is not None and not (1 <= self.num_inference_steps <= self.num_train_timesteps):
+        if self.num_inference_steps is not None and not (
+            1 <= self.num_inference_steps <= self.num_train_timesteps
+        ):
             raise ValueError(
                 f"`num_inference_steps` must be in [1, num_train_timesteps={self.num_train_timesteps}]. "
                 f"Got {self.num_inference_steps}."
@@ -122,37 +126,46 @@ class ContractiveDiffusionConfig(DiffusionConfig):
             setattr(self, f"contraction_{k}", LEGACY_VALUES[k] if saved else defaults[k])
         if saved:
             warnings.warn(
-                "cdp config saved without " + ", ".join(f"contraction_{k}" for k in unset) + ": loaded with the "
-                "meaning it was trained with (" + ", ".join(f"contraction_{k}={LEGACY_VALUES[k]!r}" for k in unset)
-                + "); new configs default to " + ", ".join(f"{defaults[k]!r}" for k in unset)
+                "cdp config saved without "
+                + ", ".join(f"contraction_{k}" for k in unset)
+                + ": loaded with the "
+                "meaning it was trained with ("
+                + ", ".join(f"contraction_{k}={LEGACY_VALUES[k]!r}" for k in unset)
+                + "); new configs default to "
+                + ", ".join(f"{defaults[k]!r}" for k in unset)
                 + " (README: contraction fields)",
                 UserWarning,
                 stacklevel=2,
             )
 
     def contraction_config(self) -> ContractionConfig:
-        """The framework-agnostic :class:`ContractionConfig` these fields describe (``contraction_<name>``)."""
+        """The framework-agnostic :class:`ContractionConfig` these ``contraction_<name>`` fields describe."""
         kwargs = {f.name: getattr(self, f"contraction_{f.name}") for f in fields(ContractionConfig)}
         kwargs["noise_window"] = tuple(kwargs["noise_window"])
         try:
             return ContractionConfig(**kwargs)
         except ValueError as e:
-            raise ValueError(f"invalid cdp contraction setting: {e} (set it with --policy.contraction_*)") from None
+            raise ValueError(
+                f"invalid cdp contraction setting: {e} (set it with --policy.contraction_*)"
+            ) from None
 
     def validate_features(self) -> None:
         if ACTION not in self.output_features:
             raise ValueError(
-                f"cdp needs an '{ACTION}' output feature; the dataset/env provides {sorted(self.output_features)}"
+                f"cdp needs an '{ACTION}' output feature; "
+                f"the dataset/env provides {sorted(self.output_features)}"
             )
         if OBS_STATE not in self.input_features:
             raise ValueError(
-                f"cdp needs an '{OBS_STATE}' input feature; the dataset/env provides {sorted(self.input_features)}"
+                f"cdp needs an '{OBS_STATE}' input feature; "
+                f"the dataset/env provides {sorted(self.input_features)}"
             )
         super().validate_features()
         D = self.horizon * self.action_feature.shape[0]
         if self.contraction_estimator == "exact" and self.contraction_loss != "none" and D > EXACT_MAX_DIM:
             raise ValueError(
-                f"contraction_estimator='exact' builds the full Jacobian and is limited to D <= {EXACT_MAX_DIM}; "
+                f"contraction_estimator='exact' builds the full Jacobian and is limited to "
+                f"D <= {EXACT_MAX_DIM}; "
                 f"here D = horizon * action_dim = {self.horizon} * {self.action_feature.shape[0]} = {D}. "
                 "Use 'fd_probe' or 'hutchinson' (frobenius) or 'lanczos' (hinge)."
             )

@@ -45,8 +45,9 @@ class ContractiveDiffusionModel(DiffusionModel):
         if c.step_window == (0.0, 1.0) and c.threshold != "sampler":
             return None
         if self._step_grid is None:
-            self._step_grid = StepGrid.from_sampler(self.noise_scheduler, self.config.sampler,
-                                                    self.config.num_inference_steps)
+            self._step_grid = StepGrid.from_sampler(
+                self.noise_scheduler, self.config.sampler, self.config.num_inference_steps
+            )
         return self._step_grid
 
     # ----------------------------------------------------------------------------------- sampling
@@ -55,7 +56,9 @@ class ContractiveDiffusionModel(DiffusionModel):
         original = self.noise_scheduler
         self.noise_scheduler = self.sampling_scheduler
         try:
-            return super().conditional_sample(batch_size, global_cond=global_cond, generator=generator, noise=noise)
+            return super().conditional_sample(
+                batch_size, global_cond=global_cond, generator=generator, noise=noise
+            )
         finally:
             self.noise_scheduler = original
 
@@ -68,10 +71,14 @@ class ContractiveDiffusionModel(DiffusionModel):
             raise KeyError(f"cdp: batch needs images or '{OBS_ENV_STATE}'; it has {sorted(batch)}")
         act, st = batch[ACTION], batch[OBS_STATE]
         if act.dim() != 3 or act.shape[1] != self.config.horizon:
-            raise ValueError(f"cdp: '{ACTION}' must be (B, horizon={self.config.horizon}, action_dim), got {tuple(act.shape)}")
+            raise ValueError(
+                f"cdp: '{ACTION}' must be (B, horizon={self.config.horizon}, action_dim), "
+                f"got {tuple(act.shape)}"
+            )
         if st.dim() != 3 or st.shape[1] != self.config.n_obs_steps:
             raise ValueError(
-                f"cdp: '{OBS_STATE}' must be (B, n_obs_steps={self.config.n_obs_steps}, state_dim), got {tuple(st.shape)}"
+                f"cdp: '{OBS_STATE}' must be (B, n_obs_steps={self.config.n_obs_steps}, state_dim), "
+                f"got {tuple(st.shape)}"
             )
         for k in (ACTION, OBS_STATE, OBS_ENV_STATE):
             if k in batch and not torch.isfinite(batch[k]).all():
@@ -127,19 +134,36 @@ class ContractiveDiffusionModel(DiffusionModel):
 
         # Entry point 1 of the core: penalised rows, and (fd_probe) probe rows riding in this forward pass.
         grid = self.step_grid() if active else None
-        rows = penalty_rows(noisy, ccfg, t_frac, probes=batch.get(PROBE_KEY), timesteps=timesteps, grid=grid) \
-            if active else None
+        rows = (
+            penalty_rows(noisy, ccfg, t_frac, probes=batch.get(PROBE_KEY), timesteps=timesteps, grid=grid)
+            if active
+            else None
+        )
         if rows is not None and rows.extra:
             i = rows.idx
-            out = self.unet(torch.cat([noisy, rows.x]), torch.cat([timesteps, timesteps[i]]),
-                            global_cond=torch.cat([global_cond, global_cond[i]]))
+            out = self.unet(
+                torch.cat([noisy, rows.x]),
+                torch.cat([timesteps, timesteps[i]]),
+                global_cond=torch.cat([global_cond, global_cond[i]]),
+            )
             pred, y_rows = out[:B], out[B:]
         else:
             pred, y_rows = self.unet(noisy, timesteps, global_cond=global_cond), None
         if active:  # entry point 2: penalty and diagnostics (double-backward estimators call the UNet)
             fn = lambda x, i: self.unet(x, timesteps[i], global_cond=global_cond[i])  # noqa: E731
-            penalty, diag = penalty_from_outputs(rows, noisy, alpha, sigma, cfg.prediction_type, ccfg,
-                                                 y=pred, y_rows=y_rows, fn=fn, timesteps=timesteps, grid=grid)
+            penalty, diag = penalty_from_outputs(
+                rows,
+                noisy,
+                alpha,
+                sigma,
+                cfg.prediction_type,
+                ccfg,
+                y=pred,
+                y_rows=y_rows,
+                fn=fn,
+                timesteps=timesteps,
+                grid=grid,
+            )
             info.update({f"contraction_{k}": v for k, v in diag.items() if k in DIAG_KEYS})
 
         diffusion_loss = self._diffusion_loss(pred, self._target(trajectory, eps, timesteps), batch)
@@ -194,7 +218,7 @@ class ContractiveDiffusionPolicy(GuardedPolicyMixin, DiffusionPolicy):
     name = "cdp"
 
     def __init__(self, config: ContractiveDiffusionConfig, **kwargs):
-        # The one copy of LeRobot code (pinned by tests/test_policy_lerobot.py::test_lerobot_originals_are_pinned):
+        # The one copy of LeRobot code (pinned by test_policy_lerobot.py::test_lerobot_originals_are_pinned):
         # DiffusionPolicy.__init__ hard-codes DiffusionModel; build ours in its place (same keys).
         super(DiffusionPolicy, self).__init__(config)
         config.validate_features()
@@ -204,7 +228,7 @@ class ContractiveDiffusionPolicy(GuardedPolicyMixin, DiffusionPolicy):
         self.reset()
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        """LeRobot's own ``forward`` (image stacking, ``compute_loss``) plus the floats for the training log."""
+        """LeRobot's own ``forward`` (image stacking, ``compute_loss``) plus the floats for the log."""
         loss, _ = super().forward(batch)
         return loss, dict(self.diffusion.last_info)
 
@@ -238,10 +262,14 @@ class ContractiveDiffusionPolicy(GuardedPolicyMixin, DiffusionPolicy):
             model_name=model_type,
             datasets=dataset_repo_id,
         )
-        context = _build_card_context(cfg, dataset_meta, self.config.input_features, self.config.output_features)
+        context = _build_card_context(
+            cfg, dataset_meta, self.config.input_features, self.config.output_features
+        )
         context["policy_repo_id"] = getattr(self.config, "repo_id", None)
         context["base_model"] = None
-        template = files("lerobot.templates").joinpath("lerobot_modelcard_template.md").read_text(encoding="utf-8")
+        template = (
+            files("lerobot.templates").joinpath("lerobot_modelcard_template.md").read_text(encoding="utf-8")
+        )
         card = ModelCard.from_template(card_data, template_str=template, **context)
         card.text = card.text + "\n" + model_card_section(self.config)
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
@@ -256,19 +284,31 @@ def model_card_section(config: ContractiveDiffusionConfig) -> str:
     rows = "\n".join(
         f"| `{name}` | `{getattr(config, name)}` |"
         for name in (
-            "prediction_type", "sampler", "num_inference_steps", "contraction_loss", "contraction_estimator",
-            "contraction_weight", "contraction_normalization", "contraction_margin", "contraction_batch_fraction",
-            "contraction_every", "contraction_noise_window", "contraction_step_window", "contraction_threshold",
+            "prediction_type",
+            "sampler",
+            "num_inference_steps",
+            "contraction_loss",
+            "contraction_estimator",
+            "contraction_weight",
+            "contraction_normalization",
+            "contraction_margin",
+            "contraction_batch_fraction",
+            "contraction_every",
+            "contraction_noise_window",
+            "contraction_step_window",
+            "contraction_threshold",
         )
     )
     return f"""
 ## Contractive Diffusion Policy (`cdp`)
 
-This is a **Contractive Diffusion Policy** (policy type `cdp`, installed with `pip install lerobot_policy_cdp`):
-a LeRobot diffusion policy trained with an extra loss that penalises the Jacobian of the denoiser's x0 prediction
+This is a **Contractive Diffusion Policy** (policy type `cdp`, installed with
+`pip install lerobot_policy_cdp`): a LeRobot diffusion policy trained with an extra loss that penalises the
+Jacobian of the denoiser's x0 prediction
 w.r.t. the noisy action, so that the deterministic (ODE) sampler is contractive
 (Abyaneh et al., *Contractive Diffusion Policies*, ICLR 2026, https://openreview.net/forum?id=iKJbmx1iuQ).
-Contraction holds when lambda_max(sym J_x0) < alpha_t; the penalty is formed on J_x0 for every prediction type.
+Contraction holds when lambda_max(sym J_x0) < alpha_t; the penalty is formed on J_x0 for every prediction
+type.
 
 | setting | value |
 |---|---|

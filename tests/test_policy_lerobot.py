@@ -238,6 +238,7 @@ def test_warm_start_from_diffusion_checkpoint(pusht_like_dataset, tmp_path):
     )
     cfg = json.loads((conv / "config.json").read_text())
     assert cfg["type"] == "cdp" and cfg["prediction_type"] == "epsilon"
+    assert cfg["contraction_normalization"] == "per_dim"  # a new cdp config, not a legacy one
     from cdp_plugin.policy import ContractiveDiffusionPolicy
 
     p = ContractiveDiffusionPolicy.from_pretrained(conv)

@@ -42,6 +42,10 @@ def convert_diffusion_checkpoint(src: str | Path, dst: str | Path, **overrides) 
     unknown = set(overrides) - _CDP_ONLY - set(cfg)
     if unknown:
         raise ValueError(f"unknown config fields {sorted(unknown)}")
+    if cfg["type"] == "diffusion":  # a new cdp config (not one saved before these fields): today's meaning
+        from cdp_plugin.contraction import LEGACY_VALUES, ContractionConfig
+
+        cfg.update({f"contraction_{k}": getattr(ContractionConfig(), k) for k in LEGACY_VALUES})
     cfg["type"] = "cdp"
     # a DP checkpoint predicts with its own schedule: keep it, and keep LeRobot's steps unless asked
     cfg.setdefault("num_inference_steps", None)

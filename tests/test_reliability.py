@@ -183,7 +183,8 @@ def test_4_loading_refuses_incomplete_or_non_finite_weights(tmp_path):
         with pytest.raises(CheckpointMismatchError, match=key if case == "nan" else "lacks 1 of"):
             ContractiveDiffusionPolicy.from_pretrained(bad)
     again = ContractiveDiffusionPolicy.from_pretrained(tmp_path / "ok")
-    assert all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), again.state_dict().values()))
+    pairs = zip(policy.state_dict().values(), again.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_4_from_pretrained_on_a_diffusion_checkpoint_is_a_warm_start(tmp_path, caplog):
@@ -209,7 +210,8 @@ def test_4_from_pretrained_on_a_diffusion_checkpoint_is_a_warm_start(tmp_path, c
     policy = ContractiveDiffusionPolicy.from_pretrained(tmp_path / "dp")
     assert policy.config.type == "cdp" and policy.config.prediction_type == "epsilon"  # the DP's network kind
     assert "warm start" in caplog.text and "cdp_plugin.policy.convert" in caplog.text
-    assert all(torch.equal(a, b) for a, b in zip(dp.state_dict().values(), policy.state_dict().values()))
+    pairs = zip(dp.state_dict().values(), policy.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     assert torch.isfinite(policy.select_action(dict(OBS))).all()
 
 
@@ -351,12 +353,23 @@ def test_8_use_amp_on_cpu_is_announced_once_and_effective(pusht_like_dataset, tm
 
 
 # --------------------------------------------------------------------------------------------- item 11
-def hostile_checkpoint(tmp_path) -> tuple[Path, Path]:
-    """A saved cdp checkpoint whose preprocessor JSON asks LeRobot to run ``touch MARKER`` through Popen."""
+def tiny_diffusion_policy():
+    """LeRobot's own ``diffusion`` policy with the sizes of :func:`tiny_policy`."""
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+    src = tiny_policy().config
+    keys = ("device", "horizon", "n_action_steps", "down_dims", "diffusion_step_embed_dim")
+    kw = {k: getattr(src, k) for k in (*keys, "input_features", "output_features")}
+    return DiffusionPolicy(DiffusionConfig(**kw))
+
+
+def hostile_checkpoint(tmp_path, kind: str = "cdp") -> tuple[Path, Path]:
+    """A saved ``kind`` checkpoint whose preprocessor JSON asks LeRobot to run ``touch MARKER`` via Popen."""
     from lerobot.policies.factory import make_pre_post_processors
 
-    ckpt, marker = tmp_path / "ckpt", tmp_path / "pwned"
-    policy = tiny_policy()
+    ckpt, marker = tmp_path / f"ckpt_{kind}", tmp_path / "pwned"
+    policy = tiny_policy() if kind == "cdp" else tiny_diffusion_policy()
     policy.save_pretrained(ckpt)
     pre, post = make_pre_post_processors(policy.config, dataset_stats=None)
     pre.save_pretrained(ckpt)
@@ -375,20 +388,21 @@ def test_11_cdp_loaders_refuse_processor_steps_outside_the_registry(tmp_path):
     from cdp_plugin.policy.convert import convert_diffusion_checkpoint
     from cdp_plugin.policy.safe_load import load_pre_post_processors
 
-    ckpt, marker = hostile_checkpoint(tmp_path)
-    calls = {
-        "load_pre_post_processors": lambda: load_pre_post_processors(tiny_policy().config, ckpt),
-        "from_pretrained": lambda: ContractiveDiffusionPolicy.from_pretrained(ckpt),
-        "convert": lambda: convert_diffusion_checkpoint(ckpt, tmp_path / "converted"),
-        "bench probe": lambda: load_policy(ckpt, ProbeSettings()),
-    }
-    for name, call in calls.items():
-        with pytest.raises(
-            UnsafeCheckpointError, match=r"step 0 names a Python class \('subprocess.Popen'\)"
-        ):
-            call()
-        assert not marker.exists(), name
-    assert not (tmp_path / "converted").exists()
+    for kind in ("cdp", "diffusion"):  # the loaders read DP checkpoints too (warm start, convert, bench)
+        ckpt, marker = hostile_checkpoint(tmp_path, kind)
+        calls = {
+            "load_pre_post_processors": lambda c=ckpt: load_pre_post_processors(tiny_policy().config, c),
+            "from_pretrained": lambda c=ckpt: ContractiveDiffusionPolicy.from_pretrained(c),
+            "convert": lambda c=ckpt: convert_diffusion_checkpoint(c, tmp_path / "converted"),
+            "bench probe": lambda c=ckpt: load_policy(c, ProbeSettings(eval_sampler="ddim")),
+        }
+        for name, call in calls.items():
+            with pytest.raises(
+                UnsafeCheckpointError, match=r"step 0 names a Python class \('subprocess.Popen'\)"
+            ):
+                call()
+            assert not marker.exists(), (kind, name)
+        assert not (tmp_path / "converted").exists()
     # a registry step with a path in its state file is refused too
     cfg = json.loads((ckpt / "policy_preprocessor.json").read_text())
     cfg["steps"] = [s for s in cfg["steps"] if "registry_name" in s]

@@ -53,8 +53,11 @@ def load_policy(ckpt: str | Path, settings: ProbeSettings, device: str = "cpu"):
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
+    from cdp_plugin.policy.safe_load import validate_processor_files
+
     register_all()  # the plugin's env types, for configs that name them
     ckpt = str(ckpt)
+    validate_processor_files(ckpt)  # before LeRobot builds anything from the checkpoint's JSON
     cfg = PreTrainedConfig.from_pretrained(ckpt)
     cfg.device = device
     cfg.num_inference_steps = settings.num_inference_steps

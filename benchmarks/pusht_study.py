@@ -32,6 +32,10 @@ BIN = Path(sys.executable).parent
 SECTION_START = "<!-- pusht-study:start -->"
 SECTION_END = "<!-- pusht-study:end -->"
 
+ENV_NORMALIZATION = (
+    '--policy.normalization_mapping={"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ENV": "MIN_MAX", '
+    '"ACTION": "MIN_MAX"}'
+)
 POLICIES = {
     "dp": ["--policy.type=diffusion"],
     "dp_x0": ["--policy.type=cdp", "--policy.contraction_loss=none"],
@@ -72,6 +76,9 @@ class Study:
     episode_length: int = 300
     threads: int = 1
     num_workers: int = 1  # a data-loading process beside the update (LeRobot's loader dominates on CPU)
+    # LeRobot's diffusion maps only VISUAL / STATE / ACTION by default, so the keypoints (FeatureType.ENV, in
+    # pixels 0..512) would reach the network unnormalised; min-max them like the agent state
+    normalize_env_state: bool = True
 
     def train_flags(self) -> list[str]:
         return [
@@ -87,6 +94,7 @@ class Study:
             f"--policy.scheduler_warmup_steps={self.warmup}",
             f"--batch_size={self.batch_size}",
             f"--num_workers={self.num_workers}",
+            *([ENV_NORMALIZATION] if self.normalize_env_state else []),
             "--wandb.enable=false",
             f"--steps={self.steps}",
             f"--log_freq={max(1, self.save_every // 5)}",

@@ -286,6 +286,11 @@ TRAIN_FLAGS = [
     "--batch_size=4",
     "--log_freq=2",
     "--save_freq=4",
+    # keypoints are FeatureType.ENV, which LeRobot's diffusion config does not normalise by default
+    (
+        '--policy.normalization_mapping={"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ENV": "MIN_MAX", '
+        '"ACTION": "MIN_MAX"}'
+    ),
 ]
 
 
@@ -307,6 +312,7 @@ def test_lerobot_train_then_eval_in_gym_pusht(policy_type, kp10, tmp_path):
     ckpt = tmp_path / "train" / "checkpoints" / "last" / "pretrained_model"
     config = json.loads((ckpt / "config.json").read_text())
     assert config["type"] == policy_type
+    assert config["normalization_mapping"]["ENV"] == "MIN_MAX"
     assert {k: v["shape"] for k, v in config["input_features"].items()} == {
         "observation.state": [2],
         "observation.environment_state": [16],

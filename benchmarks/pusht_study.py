@@ -27,15 +27,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cdp_plugin.envs.tasks import ENV_MIN_MAX
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SECTION_START = "<!-- pusht-study:start -->"
 SECTION_END = "<!-- pusht-study:end -->"
 
-ENV_NORMALIZATION = (
-    '--policy.normalization_mapping={"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ENV": "MIN_MAX", '
-    '"ACTION": "MIN_MAX"}'
-)
+ENV_NORMALIZATION = ENV_MIN_MAX  # the task table's: keypoints (FeatureType.ENV) min-max normalised
 POLICIES = {
     "dp": ["--policy.type=diffusion"],
     "dp_x0": ["--policy.type=cdp", "--policy.contraction_loss=none"],

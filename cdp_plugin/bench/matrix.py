@@ -263,6 +263,7 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
     record: dict = {"cell": asdict(cell), "id": cell.id, "profile": profile.name, "dataset": str(root),
                     "episodes": episodes, "policy_flags": policy_flags(profile, cell.policy)}
     train_cmd = [BIN / "lerobot-train", *policy_flags(profile, cell.policy), *profile.train_flags(),
+                 *task.bench.train_args,
                  f"--dataset.repo_id=local/{root.name}", f"--dataset.root={root}", f"--output_dir={train_dir}",
                  f"--seed={1000 + cell.seed}"]
     if episodes is not None:

@@ -35,6 +35,14 @@ def default_pusht_zarr() -> Path:
     return Path(env) if env else _REPO.parent / "shared" / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
 
 
+# LeRobot's diffusion config normalises only VISUAL / STATE / ACTION; keypoints in environment_state
+# (FeatureType.ENV, pixels) would reach the network raw. Tasks with such inputs pass this to lerobot-train.
+ENV_MIN_MAX = (
+    '--policy.normalization_mapping={"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ENV": "MIN_MAX", '
+    '"ACTION": "MIN_MAX"}'
+)
+
+
 def load_entry(ref: str) -> Callable:
     """Import ``"package.module:attribute"`` and return the attribute."""
     module, _, attr = ref.partition(":")
@@ -49,6 +57,7 @@ class BenchDefaults:
     eval_episodes: int  # lerobot-eval episodes per cell
     env_episode_length: int  # --env.episode_length at evaluation
     env_args: tuple[str, ...] = ()  # further lerobot-eval flags (e.g. the observation type)
+    train_args: tuple[str, ...] = ()  # further lerobot-train flags the task needs (e.g. its normalisation)
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,7 @@ TASKS: dict[str, TaskSpec] = {
             eval_episodes=50,
             env_episode_length=300,
             env_args=("--env.obs_type=environment_state_agent_pos",),
+            train_args=(ENV_MIN_MAX,),
         ),
         description="Chi et al.'s 206 human Push-T demonstrations (pusht_cchi_v7_replay.zarr)",
     ),

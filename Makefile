@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test lint test-slow bench clean
 
 # Python 3.12 (LeRobot 0.6.1 needs >= 3.12): $(PYTHON) if given, else python3.12 on PATH, else a pyenv
 # install; each candidate must really run (pyenv shims exist for versions that are not selected).
@@ -28,8 +28,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test-slow: $(STAMP)
 	$(PY) -m pytest tests -m slow

@@ -67,11 +67,21 @@ def features(action_dim: int, state_dim: int = 8, env_dim: int = 16):
 
 def build(method: dict | None, action_dim: int, arch: dict, device: str):
     torch.manual_seed(0)
-    common = dict(device=device, horizon=16, n_action_steps=8, prediction_type="sample", push_to_hub=False, **arch, **features(action_dim))
+    common = dict(
+        device=device,
+        horizon=16,
+        n_action_steps=8,
+        prediction_type="sample",
+        push_to_hub=False,
+        **arch,
+        **features(action_dim),
+    )
     if method is None:
         policy = DiffusionPolicy(DiffusionConfig(**common))
     else:
-        policy = ContractiveDiffusionPolicy(ContractiveDiffusionConfig(**common, contraction_diag_every=0, **method))
+        policy = ContractiveDiffusionPolicy(
+            ContractiveDiffusionConfig(**common, contraction_diag_every=0, **method)
+        )
     return policy.to(device).train()
 
 
@@ -129,7 +139,9 @@ def peak_cuda_mb(policy, batch) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def time_interleaved(policies: dict, batch, steps: int, warmup: int, device: str, slow: set) -> dict[str, float]:
+def time_interleaved(
+    policies: dict, batch, steps: int, warmup: int, device: str, slow: set
+) -> dict[str, float]:
     """Median step time of every method, measured round-robin so machine noise hits all alike."""
     opts = {k: torch.optim.AdamW(p.parameters(), lr=1e-4) for k, p in policies.items()}
     times: dict[str, list[float]] = {k: [] for k in policies}
@@ -170,12 +182,22 @@ def accuracy(action_dim: int, arch: dict, device: str, n: int = 4) -> dict[str, 
     mv = x0_sym_jacobian_matvec(fn, x, a, s, "sample")
     hut = torch.stack([hutchinson_frobenius(mv, x, beta, 1, create_graph=False) for _ in range(64)]).mean(0)
     probes = torch.randint(0, 2, (64, *x.shape), device=device).float() * 2 - 1
-    fd = torch.stack([((J @ v.flatten(1)[..., None]).squeeze(-1) + beta * v.flatten(1)).pow(2).sum(1) for v in probes]).mean(0)
+    fd = torch.stack(
+        [((J @ v.flatten(1)[..., None]).squeeze(-1) + beta * v.flatten(1)).pow(2).sum(1) for v in probes]
+    ).mean(0)
     return {
         "lanczos_lmax_err_pct_spread": (100 * (lmax.double() - ev[:, -1]).abs() / spread).max().item(),
         "lanczos_lmin_err_pct_spread": (100 * (lmin.double() - ev[:, 0]).abs() / spread).max().item(),
-        "lanczos_lmax_rel_err_pct": (100 * (lmax.double() - ev[:, -1]).abs() / ev[:, -1].abs().clamp_min(1e-12)).max().item(),
-        "lanczos16_lmax_rel_err_pct": (100 * (lmax16.double() - ev[:, -1]).abs() / ev[:, -1].abs().clamp_min(1e-12)).max().item(),
+        "lanczos_lmax_rel_err_pct": (
+            100 * (lmax.double() - ev[:, -1]).abs() / ev[:, -1].abs().clamp_min(1e-12)
+        )
+        .max()
+        .item(),
+        "lanczos16_lmax_rel_err_pct": (
+            100 * (lmax16.double() - ev[:, -1]).abs() / ev[:, -1].abs().clamp_min(1e-12)
+        )
+        .max()
+        .item(),
         "hutchinson64_rel_err_pct": (100 * (hut - fro_sym).abs() / fro_sym).max().item(),
         "probe64_rel_err_pct": (100 * (fd - fro_full).abs() / fro_full).max().item(),
     }
@@ -194,7 +216,9 @@ def write_section(text: str, name: str = "cost") -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="LeRobot's default UNet (512/1024/2048); meant for a GPU")
+    ap.add_argument(
+        "--full", action="store_true", help="LeRobot's default UNet (512/1024/2048); meant for a GPU"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
@@ -205,7 +229,11 @@ def main(argv=None):
     arch = {} if args.full else {"down_dims": (64, 128), "diffusion_step_embed_dim": 64}
     B = args.batch_size or (64 if args.full or args.device != "cpu" else 32)
     steps = args.steps or (8 if args.device != "cpu" else 5)
-    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    card = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    )
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     rows = []
@@ -224,7 +252,9 @@ def main(argv=None):
             if args.device.startswith("cuda"):
                 mem = peak_cuda_mb(policy, batch)
             else:  # model state (params, grads, 2 AdamW moments, float32) + what autograd saves in one step
-                mem = 16 * sum(p.numel() for p in policy.parameters()) / 2**20 + saved_activation_mb(policy, batch)
+                mem = 16 * sum(p.numel() for p in policy.parameters()) / 2**20 + saved_activation_mb(
+                    policy, batch
+                )
             res[name] = (times[name], mem)
             print(f"D={D:4d} {name:26s} {1000 * times[name]:9.1f} ms  mem {mem:8.1f} MB", flush=True)
         del policies
@@ -237,24 +267,36 @@ def main(argv=None):
 
     lines = [
         f"Train-step cost of the contraction penalty — `python benchmarks/contraction_cost.py{' --full' if args.full else ''}`,",
-        (f"{card}, {datetime.date.today().isoformat()}, torch {torch.__version__}, batch {B}, horizon 16,"
-        f" UNet down_dims {arch.get('down_dims', (512, 1024, 2048))}, x0 prediction, median of {steps} steps."),
+        (
+            f"{card}, {datetime.date.today().isoformat()}, torch {torch.__version__}, batch {B}, horizon 16,"
+            f" UNet down_dims {arch.get('down_dims', (512, 1024, 2048))}, x0 prediction, median of {steps} steps."
+        ),
         "Ratios are to DP measured in the same run, steps interleaved round-robin. Memory: "
-        + ("peak CUDA memory allocated during one step, above the resting model" if args.device != "cpu"
-           else "model state (parameters, gradients, AdamW moments) plus the tensors autograd saves for backward in"
-           " one step (activations, incl. double-backward graphs); the allocator's caching is not counted") + ".",
+        + (
+            "peak CUDA memory allocated during one step, above the resting model"
+            if args.device != "cpu"
+            else "model state (parameters, gradients, AdamW moments) plus the tensors autograd saves for backward in"
+            " one step (activations, incl. double-backward graphs); the allocator's caching is not counted"
+        )
+        + ".",
         "",
         "| D | method | step (ms) | time / DP | memory (MB) | mem / DP |",
         "|---|---|---|---|---|---|",
     ]
-    acc_lines = ["", "Estimator accuracy vs the exact Jacobian (same network and batch, 4 noise levels, worst sample):", "",
-                 "| D | Lanczos k=8 lambda_max err (% of spread) | lambda_min err (% of spread) | lambda_max rel. err (%) | k=16 lambda_max rel. err (%) | Hutchinson 64 probes rel. err (%) | fd probe 64 probes rel. err (%) |",
-                 "|---|---|---|---|---|---|---|"]
+    acc_lines = [
+        "",
+        "Estimator accuracy vs the exact Jacobian (same network and batch, 4 noise levels, worst sample):",
+        "",
+        "| D | Lanczos k=8 lambda_max err (% of spread) | lambda_min err (% of spread) | lambda_max rel. err (%) | k=16 lambda_max rel. err (%) | Hutchinson 64 probes rel. err (%) | fd probe 64 probes rel. err (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r[1] == "accuracy":
             a = r[2]
-            acc_lines.append(f"| {r[0]} | {a['lanczos_lmax_err_pct_spread']:.2f} | {a['lanczos_lmin_err_pct_spread']:.2f} | "
-                             f"{a['lanczos_lmax_rel_err_pct']:.2f} | {a['lanczos16_lmax_rel_err_pct']:.2f} | {a['hutchinson64_rel_err_pct']:.1f} | {a['probe64_rel_err_pct']:.1f} |")
+            acc_lines.append(
+                f"| {r[0]} | {a['lanczos_lmax_err_pct_spread']:.2f} | {a['lanczos_lmin_err_pct_spread']:.2f} | "
+                f"{a['lanczos_lmax_rel_err_pct']:.2f} | {a['lanczos16_lmax_rel_err_pct']:.2f} | {a['hutchinson64_rel_err_pct']:.1f} | {a['probe64_rel_err_pct']:.1f} |"
+            )
         else:
             D, name, t, tr, m, mr = r
             lines.append(f"| {D} | {name} | {1000 * t:.1f} | {tr:.2f}x | {m:.0f} | {mr:.2f}x |")

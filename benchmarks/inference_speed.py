@@ -28,7 +28,11 @@ from cdp_plugin.policy import ContractiveDiffusionConfig, ContractiveDiffusionPo
 sys.path.insert(0, str(Path(__file__).parent))
 from contraction_cost import write_section
 
-SAMPLERS = {"DDPM-100 (LeRobot default)": ("ddpm", 100), "DDIM-10": ("ddim", 10), "DPM-Solver++(2M)-10": ("dpmsolver++", 10)}
+SAMPLERS = {
+    "DDPM-100 (LeRobot default)": ("ddpm", 100),
+    "DDIM-10": ("ddim", 10),
+    "DPM-Solver++(2M)-10": ("dpmsolver++", 10),
+}
 
 
 def load_policy(path: str | None, full: bool, device: str) -> ContractiveDiffusionPolicy:
@@ -36,9 +40,15 @@ def load_policy(path: str | None, full: bool, device: str) -> ContractiveDiffusi
         return ContractiveDiffusionPolicy.from_pretrained(path).to(device)
     arch = {} if full else {"down_dims": (64, 128, 256), "diffusion_step_embed_dim": 64}
     cfg = ContractiveDiffusionConfig(
-        device=device, horizon=16, n_action_steps=8, push_to_hub=False, **arch,
-        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (8,)),
-                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (16,))},
+        device=device,
+        horizon=16,
+        n_action_steps=8,
+        push_to_hub=False,
+        **arch,
+        input_features={
+            "observation.state": PolicyFeature(FeatureType.STATE, (8,)),
+            "observation.environment_state": PolicyFeature(FeatureType.ENV, (16,)),
+        },
         output_features={"action": PolicyFeature(FeatureType.ACTION, (7,))},
     )
     return ContractiveDiffusionPolicy(cfg).to(device)
@@ -99,10 +109,14 @@ def main(argv=None):
     base = res["DDPM-100 (LeRobot default)"][0]
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     lines = [
-        (f"Inference speed of one cdp policy — `python benchmarks/inference_speed.py{' --full' if args.full else ''}`,"
-        f" {card}, {datetime.date.today().isoformat()}, horizon {policy.config.horizon}, n_action_steps"
-        f" {policy.config.n_action_steps}, down_dims {tuple(policy.config.down_dims)}, median of {args.repeats}."),
-        "", "| sampler | chunk latency (ms) | speed-up vs DDPM-100 | actions / s |", "|---|---|---|---|",
+        (
+            f"Inference speed of one cdp policy — `python benchmarks/inference_speed.py{' --full' if args.full else ''}`,"
+            f" {card}, {datetime.date.today().isoformat()}, horizon {policy.config.horizon}, n_action_steps"
+            f" {policy.config.n_action_steps}, down_dims {tuple(policy.config.down_dims)}, median of {args.repeats}."
+        ),
+        "",
+        "| sampler | chunk latency (ms) | speed-up vs DDPM-100 | actions / s |",
+        "|---|---|---|---|",
     ]
     lines += [f"| {n} | {1000 * lat:.1f} | {base / lat:.1f}x | {aps:.1f} |" for n, (lat, aps) in res.items()]
     text = "\n".join(lines)

@@ -74,8 +74,8 @@ chains the two for a plain callable.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -975,7 +975,7 @@ def penalty_from_outputs(
     est = ESTIMATOR_REGISTRY[(cfg.loss, cfg.estimator)]
     xs, a_s, s_s = x_t[idx], alpha[idx], sigma[idx]
     D = xs[0].numel()
-    if est.max_dim is not None and D > est.max_dim:
+    if est.max_dim is not None and est.max_dim < D:
         raise ValueError(
             f"estimator {cfg.estimator!r} refused for D={D} > {est.max_dim}: use a matrix-free one"
         )

@@ -60,7 +60,9 @@ def _config_of(source) -> Mapping[str, Any]:
         return source.config
     if isinstance(source, Mapping):
         return source
-    raise TypeError(f"make_scheduler: expected a diffusers scheduler, its config or a ScheduleConfig, got {type(source)}")
+    raise TypeError(
+        f"make_scheduler: expected a diffusers scheduler, its config or a ScheduleConfig, got {type(source)}"
+    )
 
 
 def make_scheduler(sampler: str, source):
@@ -169,7 +171,9 @@ def _alpha_sigma_of(alpha_bar) -> tuple[float, float]:
     return math.sqrt(ab), math.sqrt(max(1.0 - ab, 0.0))
 
 
-def step_coefficients(scheduler_or_config, sampler: str, num_inference_steps: int | None) -> list[StepCoefficients]:
+def step_coefficients(
+    scheduler_or_config, sampler: str, num_inference_steps: int | None
+) -> list[StepCoefficients]:
     """The linear coefficients ``(a, b)`` of every step of ``sampler`` on the configured grid.
 
     ``scheduler_or_config`` is anything :func:`make_scheduler` takes (the training scheduler, its config,
@@ -212,7 +216,11 @@ def step_coefficients(scheduler_or_config, sampler: str, num_inference_steps: in
     out: list[StepCoefficients] = []
     if isinstance(sched, (DDIMScheduler, DDPMScheduler)):
         for t in ts:
-            s = int(sched.previous_timestep(t)) if isinstance(sched, DDPMScheduler) else t - sched.config.num_train_timesteps // n
+            s = (
+                int(sched.previous_timestep(t))
+                if isinstance(sched, DDPMScheduler)
+                else t - sched.config.num_train_timesteps // n
+            )
             ab_t = float(ac[t])
             if isinstance(sched, DDIMScheduler):
                 ab_s = float(ac[s]) if s >= 0 else float(sched.final_alpha_cumprod)
@@ -232,7 +240,9 @@ def step_coefficients(scheduler_or_config, sampler: str, num_inference_steps: in
     sigma = [float(sg) for _, sg in sig]
     lam = [math.log(al) - math.log(sg) if sg > 0 else math.inf for al, sg in zip(alpha, sigma)]
     for i, t in enumerate(ts):
-        final = i == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero")
+        final = i == n - 1 and (
+            c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero"
+        )
         a = sigma[i + 1] / sigma[i]
         b = alpha[i + 1] * (1 - math.exp(-(lam[i + 1] - lam[i])))
         if not (i == 0 or final):  # second order (midpoint), previous prediction held fixed
@@ -242,7 +252,9 @@ def step_coefficients(scheduler_or_config, sampler: str, num_inference_steps: in
     return out
 
 
-def step_contraction_bounds(scheduler_or_config, sampler: str, num_inference_steps: int | None) -> list[StepBound]:
+def step_contraction_bounds(
+    scheduler_or_config, sampler: str, num_inference_steps: int | None
+) -> list[StepBound]:
     """Exact per-step contraction thresholds of the deployed sampler grid, one :class:`StepBound` per step.
 
     Every step below is ``x_s = a x_t + b x0(x_t) + const`` (:func:`step_coefficients`), so its Jacobian is
@@ -263,6 +275,8 @@ def step_contraction_bounds(scheduler_or_config, sampler: str, num_inference_ste
     out = []
     for t, s, a, b in step_coefficients(scheduler_or_config, sampler, num_inference_steps):
         if not b > 0:
-            raise ValueError(f"step_contraction_bounds: step {t} -> {s} of {sampler} has x0 coefficient {b} <= 0")
+            raise ValueError(
+                f"step_contraction_bounds: step {t} -> {s} of {sampler} has x0 coefficient {b} <= 0"
+            )
         out.append(StepBound(t, s, (-1.0 - a) / b, (1.0 - a) / b))
     return out

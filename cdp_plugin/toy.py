@@ -42,7 +42,11 @@ class ToyDenoiser(nn.Module):
         super().__init__()
         self.emb, self.T = emb, num_train_timesteps
         self.net = nn.Sequential(
-            nn.Linear(dim + emb, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim)
+            nn.Linear(dim + emb, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, dim),
         )
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
@@ -82,7 +86,9 @@ def train_toy(
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = two_mode_data(n_data, g)
-    sched = training_scheduler(ScheduleConfig(num_train_timesteps, prediction_type=prediction_type, clip_sample=False))
+    sched = training_scheduler(
+        ScheduleConfig(num_train_timesteps, prediction_type=prediction_type, clip_sample=False)
+    )
     model = ToyDenoiser(num_train_timesteps=num_train_timesteps)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in trange(steps, disable=not progress, desc="toy"):
@@ -98,8 +104,15 @@ def train_toy(
         if contraction is not None and contraction.active:
             a, s = alpha_sigma(sched, t)
             pen, _ = contraction_penalty(
-                lambda x, i, t=t: model(x, t[i]), xt, a, s, prediction_type, contraction,
-                t_frac=t.float() / num_train_timesteps, generator=g, y=pred,
+                lambda x, i, t=t: model(x, t[i]),
+                xt,
+                a,
+                s,
+                prediction_type,
+                contraction,
+                t_frac=t.float() / num_train_timesteps,
+                generator=g,
+                y=pred,
             )
             loss = loss + contraction.weight * pen
         opt.zero_grad()
@@ -118,7 +131,9 @@ def evaluate_toy(
     seed: int = 123,
 ) -> ToyResult:
     """Separation ratio (delta 1e-3) and mode statistics of the deterministic sampler."""
-    sched = make_scheduler(sampler, ScheduleConfig(model.T, prediction_type=prediction_type, clip_sample=False))
+    sched = make_scheduler(
+        sampler, ScheduleConfig(model.T, prediction_type=prediction_type, clip_sample=False)
+    )
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, 2, generator=g)
 

@@ -53,42 +53,100 @@ def main(argv=None) -> None:
     data = args.out / "data"
     if not (data / "meta" / "info.json").is_file():
         print(f"[1/3] recording {args.episodes} PointMaze expert episodes -> {data}")
-        run([str(BIN / "python"), "-m", "cdp_plugin.data.generate", "pointmaze", "--episodes", str(args.episodes),
-             "--out", str(data), "--seed", "0", "--overwrite"], args.out / "generate.log")
+        run(
+            [
+                str(BIN / "python"),
+                "-m",
+                "cdp_plugin.data.generate",
+                "pointmaze",
+                "--episodes",
+                str(args.episodes),
+                "--out",
+                str(data),
+                "--seed",
+                "0",
+                "--overwrite",
+            ],
+            args.out / "generate.log",
+        )
     else:
         print(f"[1/3] reusing dataset {data}")
 
     train = args.out / "train"
     last = train / "checkpoints" / "last"
-    done_step = json.loads((last / "training_state" / "training_step.json").read_text())["step"] if last.exists() else 0
+    done_step = (
+        json.loads((last / "training_state" / "training_step.json").read_text())["step"]
+        if last.exists()
+        else 0
+    )
     if done_step >= args.steps:
         print(f"[2/3] training already finished ({done_step} steps)")
     elif done_step > 0:
         print(f"[2/3] resuming training from step {done_step}")
-        run([str(BIN / "lerobot-train"), f"--config_path={last / 'pretrained_model' / 'train_config.json'}",
-             "--resume=true", f"--steps={args.steps}"], args.out / "train_resume.log")
+        run(
+            [
+                str(BIN / "lerobot-train"),
+                f"--config_path={last / 'pretrained_model' / 'train_config.json'}",
+                "--resume=true",
+                f"--steps={args.steps}",
+            ],
+            args.out / "train_resume.log",
+        )
     else:
         print(f"[2/3] training a small CDP for {args.steps} steps on CPU (lerobot-train --policy.type=cdp)")
         shutil.rmtree(train, ignore_errors=True)
-        run([str(BIN / "lerobot-train"), "--policy.type=cdp", "--policy.push_to_hub=false", "--policy.device=cpu",
-             "--policy.pretrained_backbone_weights=null", "--policy.horizon=16", "--policy.n_action_steps=8",
-             "--policy.down_dims=[64,128]", "--policy.diffusion_step_embed_dim=64", "--policy.optimizer_lr=1e-3",
-             "--policy.scheduler_warmup_steps=100", f"--dataset.repo_id=local/pointmaze_expert", f"--dataset.root={data}",
-             f"--output_dir={train}", f"--steps={args.steps}", "--batch_size=32", "--num_workers=1",
-             f"--log_freq={max(args.steps // 10, 1)}", f"--save_freq={max(args.steps // 3, 1)}", "--wandb.enable=false"],
-            args.out / "train.log")
+        run(
+            [
+                str(BIN / "lerobot-train"),
+                "--policy.type=cdp",
+                "--policy.push_to_hub=false",
+                "--policy.device=cpu",
+                "--policy.pretrained_backbone_weights=null",
+                "--policy.horizon=16",
+                "--policy.n_action_steps=8",
+                "--policy.down_dims=[64,128]",
+                "--policy.diffusion_step_embed_dim=64",
+                "--policy.optimizer_lr=1e-3",
+                "--policy.scheduler_warmup_steps=100",
+                "--dataset.repo_id=local/pointmaze_expert",
+                f"--dataset.root={data}",
+                f"--output_dir={train}",
+                f"--steps={args.steps}",
+                "--batch_size=32",
+                "--num_workers=1",
+                f"--log_freq={max(args.steps // 10, 1)}",
+                f"--save_freq={max(args.steps // 3, 1)}",
+                "--wandb.enable=false",
+            ],
+            args.out / "train.log",
+        )
 
     ckpt = last / "pretrained_model"
     ev = args.out / "eval"
     shutil.rmtree(ev, ignore_errors=True)
-    print(f"[3/3] evaluating in the simulator (lerobot-eval --env.type=pointmaze, {args.eval_episodes} episodes)")
-    run([str(BIN / "lerobot-eval"), f"--policy.path={ckpt}", "--policy.device=cpu", "--env.type=pointmaze",
-         f"--eval.n_episodes={args.eval_episodes}", "--eval.batch_size=1", "--eval.use_async_envs=false",
-         f"--output_dir={ev}", "--seed=1000"], args.out / "eval.log")
+    print(
+        f"[3/3] evaluating in the simulator (lerobot-eval --env.type=pointmaze, {args.eval_episodes} episodes)"
+    )
+    run(
+        [
+            str(BIN / "lerobot-eval"),
+            f"--policy.path={ckpt}",
+            "--policy.device=cpu",
+            "--env.type=pointmaze",
+            f"--eval.n_episodes={args.eval_episodes}",
+            "--eval.batch_size=1",
+            "--eval.use_async_envs=false",
+            f"--output_dir={ev}",
+            "--seed=1000",
+        ],
+        args.out / "eval.log",
+    )
     info = json.loads((ev / "eval_info.json").read_text())
     overall = info.get("overall", info.get("aggregated", {}))
     print("\n================ cdp demo ================")
-    print(f"success rate   : {overall.get('pc_success', float('nan')):.1f} % over {args.eval_episodes} episodes")
+    print(
+        f"success rate   : {overall.get('pc_success', float('nan')):.1f} % over {args.eval_episodes} episodes"
+    )
     print(f"mean reward    : {overall.get('avg_sum_reward', float('nan')):.2f}")
     print(f"checkpoint     : {ckpt.resolve()}")
     print(f"eval results   : {(ev / 'eval_info.json').resolve()}")

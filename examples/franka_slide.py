@@ -46,13 +46,26 @@ def main(argv: list[str] | None = None) -> int:
     host = args.host or slide.free_loopback_host()
     t0 = time.perf_counter()
     if args.cmd == "record":
-        res = slide.record_dataset(args.root, args.episodes, repo_id=args.repo_id, host=host, seed=args.seed,
-                                   max_steps=args.max_steps, only_success=not args.keep_failures)
+        res = slide.record_dataset(
+            args.root,
+            args.episodes,
+            repo_id=args.repo_id,
+            host=host,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            only_success=not args.keep_failures,
+        )
     elif args.cmd == "expert":
         res = slide.evaluate_expert(args.episodes, host=host, seed=args.seed, max_steps=args.max_steps)
     else:
-        res = slide.evaluate_policy(args.policy, args.episodes, host=host, seed=args.seed,
-                                    max_steps=args.max_steps, device=args.device)
+        res = slide.evaluate_policy(
+            args.policy,
+            args.episodes,
+            host=host,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            device=args.device,
+        )
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     summary = {k: v for k, v in res.items() if k != "results"}
     print(json.dumps(summary))

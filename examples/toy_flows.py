@@ -53,7 +53,9 @@ def flow(model, noise: torch.Tensor, steps: int = 20) -> torch.Tensor:
     return torch.stack(xs)
 
 
-def pair_distances(model, noise: torch.Tensor, delta: float = 1e-3, steps: int = 20, seed: int = 0) -> torch.Tensor:
+def pair_distances(
+    model, noise: torch.Tensor, delta: float = 1e-3, steps: int = 20, seed: int = 0
+) -> torch.Tensor:
     """|x_k(z + delta u) - x_k(z)| / delta along the sampling steps k (steps + 1, N)."""
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(noise.shape, generator=g)
@@ -70,7 +72,9 @@ def plot(models: dict, out: Path, n_traj: int, steps: int, seed: int, stats: dic
     g = torch.Generator().manual_seed(1000 + seed)
     noise = torch.randn(n_traj, 2, generator=g)
     data = two_mode_data(400, torch.Generator().manual_seed(7))
-    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 9), gridspec_kw={"height_ratios": [3, 2]})
+    fig, axes = plt.subplots(
+        2, len(models), figsize=(5 * len(models), 9), gridspec_kw={"height_ratios": [3, 2]}
+    )
     for j, (name, model) in enumerate(models.items()):
         xs = flow(model, noise, steps)
         final = xs[-1]
@@ -78,15 +82,26 @@ def plot(models: dict, out: Path, n_traj: int, steps: int, seed: int, stats: dic
         ax = axes[0, j]
         ax.scatter(data[:, 0], data[:, 1], s=4, color="k", alpha=0.25, label="training data")
         for i in range(n_traj):
-            ax.plot(xs[:, i, 0], xs[:, i, 1], lw=0.5, alpha=0.45, color="tab:red" if mode[i] == 0 else "tab:blue")
+            ax.plot(
+                xs[:, i, 0], xs[:, i, 1], lw=0.5, alpha=0.45, color="tab:red" if mode[i] == 0 else "tab:blue"
+            )
         ax.scatter(noise[:, 0], noise[:, 1], s=3, color="0.55", label="initial noise z")
-        ax.scatter(final[:, 0], final[:, 1], s=8, c=["tab:red" if m == 0 else "tab:blue" for m in mode], zorder=3,
-                   label="final action")
+        ax.scatter(
+            final[:, 0],
+            final[:, 1],
+            s=8,
+            c=["tab:red" if m == 0 else "tab:blue" for m in mode],
+            zorder=3,
+            label="final action",
+        )
         for c in CENTRES:
             ax.add_patch(plt.Circle(c.tolist(), 3 * MODE_STD, fill=False, ls="--", color="k"))
         s = stats[name]
-        ax.set_title(fontsize=10, label=f"{name}\nmode+ {s['mode_pos']:.2f} / mode- {s['mode_neg']:.2f}\n"
-                     f"sep. ratio median {s['sep_median']:.3g}, p90 {s['sep_p90']:.3g}; stranded p90 {s['stranded_p90']:.2f}")
+        ax.set_title(
+            fontsize=10,
+            label=f"{name}\nmode+ {s['mode_pos']:.2f} / mode- {s['mode_neg']:.2f}\n"
+            f"sep. ratio median {s['sep_median']:.3g}, p90 {s['sep_p90']:.3g}; stranded p90 {s['stranded_p90']:.2f}",
+        )
         ax.set_xlim(-3, 3)
         ax.set_ylim(-3, 3)
         ax.set_aspect("equal")
@@ -108,8 +123,10 @@ def plot(models: dict, out: Path, n_traj: int, steps: int, seed: int, stats: dic
         ax.grid(alpha=0.3)
         if j == 0:
             ax.legend(fontsize=7)
-    fig.suptitle(f"Sampling flows on the 2-D two-mode toy (x0 prediction, DDIM-{steps}, training seed {seed}, "
-                 f"{n_traj} noise seeds)")
+    fig.suptitle(
+        f"Sampling flows on the 2-D two-mode toy (x0 prediction, DDIM-{steps}, training seed {seed}, "
+        f"{n_traj} noise seeds)"
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -121,23 +138,28 @@ def results_markdown(rows: list[dict], args, wall: float) -> str:
         "## Toy: sampling flows on the 2-D two-mode data (`examples/toy_flows.py`)",
         "",
         "- Command: `" + " ".join(["python examples/toy_flows.py", *sys.argv[1:]]) + "`",
-        (f"- Card: CPU, {os.cpu_count()} cores, no GPU; date {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}; "
-        f"wall time {wall / 60:.1f} min"),
-        (f"- Set-up: `cdp_plugin.toy` (two modes +-(0.6, 0.3), std 0.06, {args.n_data} training points), x0-prediction "
-        f"MLP, cosine schedule T = 100, {args.steps} Adam steps (batch 256, lr 2e-3) per policy and seed; deterministic "
-        "DDIM, 20 steps. Penalties: weight 0.1, margin 0.1 (frobenius: fd_probe; hinge: Lanczos on sym J_x0). "
-        "Separation ratio = |A(z + δu) − A(z)| / δ, δ = 1e-3, over 2000 noise seeds; mode± = share of samples "
-        "nearest each centre; stranded p90 = 90th percentile of the distance to the nearest centre (mode "
-        "averaging shows as a large value; a sample drawn from the modes themselves gives 0.06·√(2 ln 10) ≈ 0.13)."),
-        ("- Plot: `benchmarks/plots/toy_flows.png` (training seed "
-        f"{args.seeds[0]})."),
+        (
+            f"- Card: CPU, {os.cpu_count()} cores, no GPU; date {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}; "
+            f"wall time {wall / 60:.1f} min"
+        ),
+        (
+            f"- Set-up: `cdp_plugin.toy` (two modes +-(0.6, 0.3), std 0.06, {args.n_data} training points), x0-prediction "
+            f"MLP, cosine schedule T = 100, {args.steps} Adam steps (batch 256, lr 2e-3) per policy and seed; deterministic "
+            "DDIM, 20 steps. Penalties: weight 0.1, margin 0.1 (frobenius: fd_probe; hinge: Lanczos on sym J_x0). "
+            "Separation ratio = |A(z + δu) − A(z)| / δ, δ = 1e-3, over 2000 noise seeds; mode± = share of samples "
+            "nearest each centre; stranded p90 = 90th percentile of the distance to the nearest centre (mode "
+            "averaging shows as a large value; a sample drawn from the modes themselves gives 0.06·√(2 ln 10) ≈ 0.13)."
+        ),
+        (f"- Plot: `benchmarks/plots/toy_flows.png` (training seed {args.seeds[0]})."),
         "",
         "| policy | seed | sep. ratio median | sep. ratio p90 | mode+ | mode- | stranded p90 | train s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['policy']} | {r['seed']} | {r['sep_median']:.4f} | {r['sep_p90']:.4f} | {r['mode_pos']:.2f} | "
-                     f"{r['mode_neg']:.2f} | {r['stranded_p90']:.3f} | {r['train_s']:.0f} |")
+        lines.append(
+            f"| {r['policy']} | {r['seed']} | {r['sep_median']:.4f} | {r['sep_p90']:.4f} | {r['mode_pos']:.2f} | "
+            f"{r['mode_neg']:.2f} | {r['stranded_p90']:.3f} | {r['train_s']:.0f} |"
+        )
     lines.append("")
     by = {}
     for r in rows:
@@ -149,8 +171,10 @@ def results_markdown(rows: list[dict], args, wall: float) -> str:
         p90 = statistics.median(r["sep_p90"] for r in rs)
         both = all(min(r["mode_pos"], r["mode_neg"]) >= 0.3 for r in rs)
         strand = max(r["stranded_p90"] for r in rs)
-        summary.append(f"- {name}: separation ratio median {med:.3g}, p90 {p90:.3g} (median over seeds); both modes "
-                       f"survive in every seed: {'yes' if both else 'NO'}; worst stranded p90 {strand:.3f}.")
+        summary.append(
+            f"- {name}: separation ratio median {med:.3g}, p90 {p90:.3g} (median over seeds); both modes "
+            f"survive in every seed: {'yes' if both else 'NO'}; worst stranded p90 {strand:.3f}."
+        )
     lines += ["Reading (numbers above, all seeds):", *summary]
     if dp:
         dmed = statistics.median(r["sep_p90"] for r in dp)
@@ -158,13 +182,17 @@ def results_markdown(rows: list[dict], args, wall: float) -> str:
             if name in by:
                 p90 = statistics.median(r["sep_p90"] for r in by[name])
                 word = "more" if p90 < dmed else "less"
-                lines.append(f"- {name} makes the sampler {word} contractive than DP in the tail "
-                             f"(p90 {p90:.3g} vs {dmed:.3g}).")
+                lines.append(
+                    f"- {name} makes the sampler {word} contractive than DP in the tail "
+                    f"(p90 {p90:.3g} vs {dmed:.3g})."
+                )
                 st = [r["stranded_p90"] for r in by[name]]
                 dst = [r["stranded_p90"] for r in dp]
                 word = "more" if min(st) > max(dst) else ("fewer" if max(st) < min(dst) else "about as many")
-                lines.append(f"- {name} leaves {word} samples stranded between the modes {'as' if word.startswith('about') else 'than'} DP (stranded p90 "
-                             f"{min(st):.3f}–{max(st):.3f} vs {min(dst):.3f}–{max(dst):.3f}).")
+                lines.append(
+                    f"- {name} leaves {word} samples stranded between the modes {'as' if word.startswith('about') else 'than'} DP (stranded p90 "
+                    f"{min(st):.3f}–{max(st):.3f} vs {min(dst):.3f}–{max(dst):.3f})."
+                )
     return "\n".join(lines)
 
 

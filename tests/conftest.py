@@ -36,11 +36,15 @@ def run_cli(name: str, *args: str, timeout: int = 600, check: bool = True) -> su
     cmd = [str(VENV_BIN / name), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 
-def write_pusht_like_dataset(root: Path, n_episodes: int = 4, length: int = 40, image: bool = False, seed: int = 0):
+def write_pusht_like_dataset(
+    root: Path, n_episodes: int = 4, length: int = 40, image: bool = False, seed: int = 0
+):
     """A LeRobotDataset v3 with PushT's keys (state 2, env state 16, action 2; optional 96x96 image).
 
     Actions follow a smooth function of the state so a policy has something to learn.
@@ -53,8 +57,14 @@ def write_pusht_like_dataset(root: Path, n_episodes: int = 4, length: int = 40, 
         "action": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
     }
     if image:
-        features["observation.image"] = {"dtype": "image", "shape": (96, 96, 3), "names": ["height", "width", "channels"]}
-    ds = LeRobotDataset.create(repo_id="local/pusht_like", fps=10, features=features, root=root, use_videos=False)
+        features["observation.image"] = {
+            "dtype": "image",
+            "shape": (96, 96, 3),
+            "names": ["height", "width", "channels"],
+        }
+    ds = LeRobotDataset.create(
+        repo_id="local/pusht_like", fps=10, features=features, root=root, use_videos=False
+    )
     rng = np.random.default_rng(seed)
     for _ in range(n_episodes):
         pos = rng.uniform(100, 400, size=2).astype(np.float32)
@@ -62,7 +72,12 @@ def write_pusht_like_dataset(root: Path, n_episodes: int = 4, length: int = 40, 
         env_state = rng.uniform(0, 512, size=16).astype(np.float32)
         for _ in range(length):
             act = (pos + 0.2 * (goal - pos)).astype(np.float32)
-            frame = {"observation.state": pos.copy(), "observation.environment_state": env_state, "action": act, "task": "push"}
+            frame = {
+                "observation.state": pos.copy(),
+                "observation.environment_state": env_state,
+                "action": act,
+                "task": "push",
+            }
             if image:
                 img = np.zeros((96, 96, 3), dtype=np.uint8)
                 cx, cy = (pos / 512 * 95).astype(int)
@@ -82,7 +97,9 @@ def pusht_like_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pusht_like_image_dataset(tmp_path_factory) -> Path:
-    return write_pusht_like_dataset(tmp_path_factory.mktemp("data") / "pusht_like_img", n_episodes=2, length=30, image=True)
+    return write_pusht_like_dataset(
+        tmp_path_factory.mktemp("data") / "pusht_like_img", n_episodes=2, length=30, image=True
+    )
 
 
 @pytest.fixture(scope="module")

@@ -40,11 +40,11 @@ _REASON = (
 )
 pytest.importorskip("diffusion_policy.policy.diffusion_unet_lowdim_policy", reason=_REASON)
 
+import diffusion_policy  # noqa: E402
 import hydra  # noqa: E402
 import zarr  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 
-import diffusion_policy  # noqa: E402
 from cdp_plugin.diffusion_policy.compat import patch_diffusers_optimization  # noqa: E402
 
 patch_diffusers_optimization()  # opt-in helper, applied explicitly by the tests

@@ -31,9 +31,10 @@ import torch
 
 pytest.importorskip("grpc", reason="grpcio is not installed: pip install 'lerobot_policy_cdp[async]'")
 
-import lerobot_policy_cdp  # noqa: E402,F401  (registers cdp, also with the async server's list)
 from lerobot.robots.config import RobotConfig  # noqa: E402
 from lerobot.robots.robot import Robot  # noqa: E402
+
+import lerobot_policy_cdp  # noqa: E402,F401  (registers cdp, also with the async server's list)
 
 VENV_BIN = Path(sys.executable).parent
 IMG = (48, 48, 3)

@@ -13,11 +13,28 @@ from cdp_plugin.bench.probe import ProbeSettings
 
 
 def test_tiny_cell_end_to_end_and_resume(tmp_path):
-    name, flags = parse_variant("g3w=cdp:--policy.contraction_weight=3,--policy.contraction_noise_window=[0,0.5]")
-    prof = tiny_profile(tasks=["pointmaze"], policies=[name], fractions=[0.5], seeds=[0], variants={name: flags},
-                        eval_steps=[1], mode_episodes=2)
-    settings = ProbeSettings(n_obs=2, n_samples=4, n_sep=2, n_lambda=2, lanczos_iters=4, latency_repeats=2,
-                             step_time_repeats=2, step_time_batch=2)
+    name, flags = parse_variant(
+        "g3w=cdp:--policy.contraction_weight=3,--policy.contraction_noise_window=[0,0.5]"
+    )
+    prof = tiny_profile(
+        tasks=["pointmaze"],
+        policies=[name],
+        fractions=[0.5],
+        seeds=[0],
+        variants={name: flags},
+        eval_steps=[1],
+        mode_episodes=2,
+    )
+    settings = ProbeSettings(
+        n_obs=2,
+        n_samples=4,
+        n_sep=2,
+        n_lambda=2,
+        lanczos_iters=4,
+        latency_repeats=2,
+        step_time_repeats=2,
+        step_time_batch=2,
+    )
 
     from cdp_plugin.bench import matrix
 
@@ -31,8 +48,11 @@ def test_tiny_cell_end_to_end_and_resume(tmp_path):
     assert "--dataset.episodes=[" in rec["train_cmd"] and "--policy.sampler=ddim" in rec["eval_cmd"]
     assert "--policy.contraction_weight=3" in rec["train_cmd"]
     assert "--policy.contraction_noise_window=[0,0.5]" in rec["train_cmd"]
-    cfg = json.loads(next((tmp_path / "runs" / rec["id"] / "train" / "checkpoints").glob("*/pretrained_model/config.json"))
-                     .read_text())
+    cfg = json.loads(
+        next(
+            (tmp_path / "runs" / rec["id"] / "train" / "checkpoints").glob("*/pretrained_model/config.json")
+        ).read_text()
+    )
     assert cfg["contraction_weight"] == 3 and cfg["contraction_noise_window"] == [0, 0.5]
     assert [r["step"] for r in rec["train_log"]][-1] == 4 and rec["update_s"] > 0
     assert len(rec["eval"]["successes"]) == 1

@@ -53,8 +53,12 @@ def test_separation_ratio_of_a_scaled_rotation_is_its_scale():
     rot = torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], dtype=torch.float64)
     for c in (0.3, 1.0, 2.5):
         m = c * rot
-        r = sampler_separation(lambda z: z @ m.T, torch.randn(64, 2, dtype=torch.float64), delta=1e-3,
-                               generator=torch.Generator().manual_seed(0))
+        r = sampler_separation(
+            lambda z: z @ m.T,  # noqa: B023
+            torch.randn(64, 2, dtype=torch.float64),
+            delta=1e-3,
+            generator=torch.Generator().manual_seed(0),
+        )
         assert r.shape == (64,)
         assert torch.allclose(r, torch.full_like(r, c), atol=1e-9)
 
@@ -80,7 +84,9 @@ def test_action_variance_of_a_known_gaussian():
         k = torch.arange(z.shape[0]) // N
         return mu[k].reshape(-1, 1, 1) + std[k].reshape(-1, 1, 1) * z
 
-    v = action_variance(sample_fn, torch.randn(K, N, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    v = action_variance(
+        sample_fn, torch.randn(K, N, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    )
     assert v.shape == (K,)
     assert torch.allclose(v, std**2, rtol=0.03)
 
@@ -100,7 +106,9 @@ def test_lambda_profile_of_linear_denoisers():
     # x0 ("sample") network D(x) = c x: J_x0 = c I
     rows = lambda_profile(lambda x, t: 0.4 * x, x0, sched, ts, "sample", num_iters=4)
     for r in rows:
-        assert r["lambda_max_mean"] == pytest.approx(0.4, abs=1e-6) and r["lambda_min_mean"] == pytest.approx(0.4, abs=1e-6)
+        assert r["lambda_max_mean"] == pytest.approx(0.4, abs=1e-6) and r["lambda_min_mean"] == pytest.approx(
+            0.4, abs=1e-6
+        )
         assert r["violation_frac"] == (0.0 if r["alpha"] > 0.4 else 1.0)
     # epsilon network eps(x) = k x: J_x0 = (1 - sigma k) / alpha
     k = 0.5
@@ -144,19 +152,36 @@ def test_replace_section_keeps_other_content(tmp_path):
 
 
 def fake_record(task, policy, fraction, seed, succ, upd=0.01):
-    prof = [{"t": t, "alpha": a, "sigma": (1 - a * a) ** 0.5, "lambda_max_mean": 0.5, "lambda_max_max": 0.6,
-             "lambda_min_mean": 0.1, "violation_frac": 0.0 if policy != "dp" else 1.0}
-            for t, a in ((0, 0.99), (50, 0.7), (90, 0.2))]
+    prof = [
+        {
+            "t": t,
+            "alpha": a,
+            "sigma": (1 - a * a) ** 0.5,
+            "lambda_max_mean": 0.5,
+            "lambda_max_max": 0.6,
+            "lambda_min_mean": 0.1,
+            "violation_frac": 0.0 if policy != "dp" else 1.0,
+        }
+        for t, a in ((0, 0.99), (50, 0.7), (90, 0.2))
+    ]
     return {
         "cell": {"task": task, "policy": policy, "fraction": fraction, "seed": seed},
         "id": Cell(task, policy, fraction, seed).id,
-        "eval": {"successes": succ, "sum_rewards": [float(s) for s in succ], "pc_success": 100 * sum(succ) / len(succ),
-                 "avg_sum_reward": sum(succ) / len(succ)},
-        "probe": {"sep_ratio": {"median": 0.1 if policy != "dp" else 2.0, "p90": 1.0, "mean": 0.5, "n": 8},
-                  "action_var": {"mean": 0.01 if policy != "dp" else 0.5, "per_obs": [0.01]},
-                  "lambda_profile": prof, "latency_ms": 5.0},
+        "eval": {
+            "successes": succ,
+            "sum_rewards": [float(s) for s in succ],
+            "pc_success": 100 * sum(succ) / len(succ),
+            "avg_sum_reward": sum(succ) / len(succ),
+        },
+        "probe": {
+            "sep_ratio": {"median": 0.1 if policy != "dp" else 2.0, "p90": 1.0, "mean": 0.5, "n": 8},
+            "action_var": {"mean": 0.01 if policy != "dp" else 0.5, "per_obs": [0.01]},
+            "lambda_profile": prof,
+            "latency_ms": 5.0,
+        },
         "sep_over_training": [{"step": 2, "median": 1.0}, {"step": 4, "median": 0.5}],
-        "update_s": upd, "final_loss": 0.1,
+        "update_s": upd,
+        "final_loss": 0.1,
     }
 
 
@@ -181,23 +206,59 @@ def test_aggregate_pools_seeds_and_computes_time_ratio_and_verdict():
 
 def test_markdown_and_plots(tmp_path):
     agg = aggregate(synthetic_cells())
-    prof = {"name": "test", "tasks": ["pointmaze"], "policies": ["dp", "cdp_frobenius", "cdp_hinge"],
-            "fractions": [1.0], "seeds": [0, 1], "steps": 4, "batch_size": 4, "down_dims": [8], "lr": 1e-3,
-            "horizon": 16, "n_action_steps": 8, "dataset_episodes": {"pointmaze": 4}, "num_inference_steps": 10}
-    md = matrix_markdown(agg, prof, {"command": "cdp-bench --quick", "card": "CPU", "date": "today"},
-                         {"pusht": "no data"}, ["x"])
-    assert "### pointmaze" in md and "| CDP-frobenius | 100 % | 100 [84, 100]" in md and "pusht: skipped" in md
+    prof = {
+        "name": "test",
+        "tasks": ["pointmaze"],
+        "policies": ["dp", "cdp_frobenius", "cdp_hinge"],
+        "fractions": [1.0],
+        "seeds": [0, 1],
+        "steps": 4,
+        "batch_size": 4,
+        "down_dims": [8],
+        "lr": 1e-3,
+        "horizon": 16,
+        "n_action_steps": 8,
+        "dataset_episodes": {"pointmaze": 4},
+        "num_inference_steps": 10,
+    }
+    md = matrix_markdown(
+        agg,
+        prof,
+        {"command": "cdp-bench --quick", "card": "CPU", "date": "today"},
+        {"pusht": "no data"},
+        ["x"],
+    )
+    assert (
+        "### pointmaze" in md and "| CDP-frobenius | 100 % | 100 [84, 100]" in md and "pusht: skipped" in md
+    )
     paths = make_plots(agg, prof, tmp_path)
-    assert {p.name for p in paths} == {"success_vs_fraction.png", "action_variance.png", "separation_ratio.png",
-                                       "lambda_max_vs_noise.png"}
+    assert {p.name for p in paths} == {
+        "success_vs_fraction.png",
+        "action_variance.png",
+        "separation_ratio.png",
+        "lambda_max_vs_noise.png",
+    }
     assert all(p.stat().st_size > 10_000 for p in paths)
 
 
 # ----------------------------------------------------------------------------------------- resumability
 def tiny_profile(**kw) -> Profile:
-    base = dict(name="test", tasks=["pointmaze", "pusht"], policies=["dp", "cdp_frobenius"], fractions=[1.0, 0.1],
-                seeds=[0], dataset_episodes={"pointmaze": 4}, steps=4, batch_size=4, down_dims=[16, 32], embed_dim=16,
-                lr=1e-3, eval_episodes={"pointmaze": 1}, env_episode_length={"pointmaze": 20}, n_checkpoints=2)
+    base = dict(
+        name="test",
+        tasks=["pointmaze", "pusht"],
+        policies=["dp", "cdp_frobenius"],
+        fractions=[1.0, 0.1],
+        seeds=[0],
+        dataset_episodes={"pointmaze": 4},
+        steps=4,
+        batch_size=4,
+        down_dims=[16, 32],
+        embed_dim=16,
+        lr=1e-3,
+        eval_episodes={"pointmaze": 1},
+        env_episode_length={"pointmaze": 20},
+        n_checkpoints=2,
+    )
     base.update(kw)
     return Profile(**base)
 
@@ -209,7 +270,9 @@ def test_matrix_skips_finished_cells_and_retries_failed_ones(tmp_path, monkeypat
     assert len(cells) == 4 and all(c.task == "pointmaze" for c in cells)  # pusht has no dataset: skipped
     done = cells[0]
     (tmp_path / "cells").mkdir()
-    (tmp_path / "cells" / f"{done.id}.json").write_text(json.dumps(fake_record("pointmaze", done.policy, done.fraction, 0, [True])))
+    (tmp_path / "cells" / f"{done.id}.json").write_text(
+        json.dumps(fake_record("pointmaze", done.policy, done.fraction, 0, [True]))
+    )
     calls = []
 
     def runner(cell, profile, out):
@@ -221,7 +284,9 @@ def test_matrix_skips_finished_cells_and_retries_failed_ones(tmp_path, monkeypat
     status = run_matrix(prof, tmp_path, runner=runner, progress=False)
     assert done.id not in calls and len(calls) == 3
     assert status["skipped"] == [done.id] and len(status["done"]) == 2 and len(status["failed"]) == 1
-    assert (tmp_path / "logs" / f"{status['failed'][0]}.error.txt").read_text().startswith("RuntimeError: boom")
+    assert (
+        (tmp_path / "logs" / f"{status['failed'][0]}.error.txt").read_text().startswith("RuntimeError: boom")
+    )
     # an interrupted / partly failed matrix continues: only the failed cell runs again
     calls.clear()
     status = run_matrix(prof, tmp_path, runner=runner, progress=False)
@@ -246,7 +311,18 @@ def test_cli_report_only_on_finished_cells(tmp_path):
         (out / "cells" / f"{r['id']}.json").write_text(json.dumps(r))
     res = tmp_path / "RESULTS.md"
     res.write_text("# Benchmarks\n\nlead section\n")
-    rc = main(["--quick", "--report-only", "--out", str(out), "--results", str(res), "--plots-dir", str(tmp_path / "plots")])
+    rc = main(
+        [
+            "--quick",
+            "--report-only",
+            "--out",
+            str(out),
+            "--results",
+            str(res),
+            "--plots-dir",
+            str(tmp_path / "plots"),
+        ]
+    )
     assert rc == 0
     text = res.read_text()
     assert "lead section" in text and "<!-- bench:matrix -->" in text and "CDP-hinge" in text
@@ -276,8 +352,23 @@ def test_toy_flows_example_runs_small(tmp_path):
     assert d.shape == (6, 7) and ((d[0] - 1).abs() <= tol).all(), ((d[0] - 1).abs(), tol)
     res = tmp_path / "RESULTS.md"
     res.write_text("# B\n\nother\n")
-    assert mod.main(["--seeds", "0", "--steps", "20", "--n-traj", "10", "--out", str(tmp_path / "t.png"),
-                     "--results", str(res)]) == 0
+    assert (
+        mod.main(
+            [
+                "--seeds",
+                "0",
+                "--steps",
+                "20",
+                "--n-traj",
+                "10",
+                "--out",
+                str(tmp_path / "t.png"),
+                "--results",
+                str(res),
+            ]
+        )
+        == 0
+    )
     text = res.read_text()
     assert "other" in text and "<!-- bench:toy -->" in text and "| CDP-hinge | 0 |" in text
     assert (tmp_path / "t.png").stat().st_size > 10_000

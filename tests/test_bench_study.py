@@ -25,21 +25,34 @@ from cdp_plugin.samplers import (
 
 
 def test_variants_from_flags_and_files(tmp_path):
-    name, flags = parse_variant("g3=cdp:--policy.contraction_weight=3,--policy.contraction_noise_window=[0,0.1]")
-    assert name == "g3" and flags == ["--policy.type=cdp", "--policy.contraction_weight=3",
-                                      "--policy.contraction_noise_window=[0,0.1]"]
+    name, flags = parse_variant(
+        "g3=cdp:--policy.contraction_weight=3,--policy.contraction_noise_window=[0,0.1]"
+    )
+    assert name == "g3" and flags == [
+        "--policy.type=cdp",
+        "--policy.contraction_weight=3",
+        "--policy.contraction_noise_window=[0,0.1]",
+    ]
     assert parse_variant("x=dp_x0:--policy.horizon=8")[1] == [*POLICIES["dp_x0"], "--policy.horizon=8"]
     assert parse_variant("d=dp:")[1] == ["--policy.type=diffusion"]
-    for bad, msg in (("g3", "expected name=base"), ("a__b=cdp:", "no '__'"), ("g=foo:--x=1", "base 'foo'"),
-                     ("g=cdp:x=1", "must start with '--'")):
+    for bad, msg in (
+        ("g3", "expected name=base"),
+        ("a__b=cdp:", "no '__'"),
+        ("g=foo:--x=1", "base 'foo'"),
+        ("g=cdp:x=1", "must start with '--'"),
+    ):
         with pytest.raises(ValueError, match=msg):
             parse_variant(bad)
-    (tmp_path / "v.yaml").write_text("a: 'cdp:--policy.contraction_weight=1'\nb: ['--policy.contraction_weight=2']\n"
-                                     "c: {base: dp, flags: ['--policy.horizon=8']}\n")
+    (tmp_path / "v.yaml").write_text(
+        "a: 'cdp:--policy.contraction_weight=1'\nb: ['--policy.contraction_weight=2']\n"
+        "c: {base: dp, flags: ['--policy.horizon=8']}\n"
+    )
     v = load_variants(tmp_path / "v.yaml")
-    assert v == {"a": ["--policy.type=cdp", "--policy.contraction_weight=1"],
-                 "b": ["--policy.type=cdp", "--policy.contraction_weight=2"],
-                 "c": ["--policy.type=diffusion", "--policy.horizon=8"]}
+    assert v == {
+        "a": ["--policy.type=cdp", "--policy.contraction_weight=1"],
+        "b": ["--policy.type=cdp", "--policy.contraction_weight=2"],
+        "c": ["--policy.type=diffusion", "--policy.horizon=8"],
+    }
     (tmp_path / "v.json").write_text(json.dumps({"a": "cdp:--policy.contraction_weight=1"}))
     assert load_variants(tmp_path / "v.json")["a"][-1] == "--policy.contraction_weight=1"
     prof = tiny_profile(variants=v, policies=["dp", "a"])
@@ -81,24 +94,43 @@ def test_interleaved_step_times_rank_callables():
 
 def test_pointmaze_route_and_coverage():
     xs = np.linspace(-2.5, 2.5, 51)
-    over = np.stack([xs, 1 - np.abs(xs) / 2.5], 1)  # middle row (y = 0) -> top row at the centre -> middle row
+    over = np.stack(
+        [xs, 1 - np.abs(xs) / 2.5], 1
+    )  # middle row (y = 0) -> top row at the centre -> middle row
     under = over * np.array([1, -1])
     goal = np.array([[2.5, 0.0]])
-    assert pointmaze_route(over, goal) == ("2->2", "over") and pointmaze_route(under, goal) == ("2->2", "under")
+    assert pointmaze_route(over, goal) == ("2->2", "over") and pointmaze_route(under, goal) == (
+        "2->2",
+        "under",
+    )
     assert pointmaze_route(over[:10], goal)[1] is None  # never reached the middle column
     cov = coverage([("2->2", "over")] * 3 + [("2->2", "under")] + [("1->1", "over")] * 5, {"2->2"})
-    assert cov["minority_share"] == 0.25 and cov["multimodal_n"] == 4 and cov["per_situation"]["1->1"] == {"over": 5}
+    assert (
+        cov["minority_share"] == 0.25
+        and cov["multimodal_n"] == 4
+        and cov["per_situation"]["1->1"] == {"over": 5}
+    )
     assert coverage([("2->2", "over")] * 3, {"2->2"})["minority_share"] == 0.0
 
 
 def _study_cells():
     cells = []
-    flags = {"dp_x0": POLICIES["dp_x0"],
-             "g1": ["--policy.type=cdp", "--policy.contraction_weight=1"],
-             "g10": ["--policy.type=cdp", "--policy.contraction_weight=10"],
-             "g1low": ["--policy.type=cdp", "--policy.contraction_weight=1", "--policy.contraction_noise_window=[0,0.1]"]}
-    succ = {"dp_x0": [True] * 7 + [False] * 3, "g1": [True] * 8 + [False] * 2, "g10": [True] * 2 + [False] * 8,
-            "g1low": [True] * 7 + [False] * 3}
+    flags = {
+        "dp_x0": POLICIES["dp_x0"],
+        "g1": ["--policy.type=cdp", "--policy.contraction_weight=1"],
+        "g10": ["--policy.type=cdp", "--policy.contraction_weight=10"],
+        "g1low": [
+            "--policy.type=cdp",
+            "--policy.contraction_weight=1",
+            "--policy.contraction_noise_window=[0,0.1]",
+        ],
+    }
+    succ = {
+        "dp_x0": [True] * 7 + [False] * 3,
+        "g1": [True] * 8 + [False] * 2,
+        "g10": [True] * 2 + [False] * 8,
+        "g1low": [True] * 7 + [False] * 3,
+    }
     var = {"dp_x0": 0.2, "g1": 0.15, "g10": 0.01, "g1low": 0.19}
     viol = {"dp_x0": 0.8, "g1": 0.3, "g10": 0.0, "g1low": 0.1}
     for seed in (0, 1):
@@ -106,14 +138,18 @@ def _study_cells():
             r = fake_record("pointmaze", pol, 0.1, seed, succ[pol])
             r["policy_flags"] = f
             r["probe"]["action_var"]["mean"] = var[pol] * (1 + 0.1 * seed)
-            r["probe"]["lambda_profile"][0]["violation_frac"] = viol[pol] + 0.05 * seed  # t = 0: the low-noise step
+            r["probe"]["lambda_profile"][0]["violation_frac"] = (
+                viol[pol] + 0.05 * seed
+            )  # t = 0: the low-noise step
             r["probe"]["step_time"] = {"ratio": 1.1 if pol != "dp_x0" else 1.0}
             r["eval_by_steps"] = {"1": {"successes": succ[pol][:5]}, "10": r["eval"]}
             r["modes"] = {"multimodal_counts": {"over": 3, "under": 1}, "minority_share": 0.25}
             cells.append(r)
     dp = fake_record("pointmaze", "dp", 0.1, 0, [False] * 10)
-    dp["success_over_training"] = [{"step": 2, "successes": [True] * 2 + [False] * 8},
-                                   {"step": 4, "successes": [True] * 3 + [False] * 7}]
+    dp["success_over_training"] = [
+        {"step": 2, "successes": [True] * 2 + [False] * 8},
+        {"step": 4, "successes": [True] * 3 + [False] * 7},
+    ]
     return cells + [dp]
 
 
@@ -130,9 +166,19 @@ def test_penalty_report_rule_and_plots(tmp_path):
     assert pick_default(agg, "pointmaze") == "g1low"
     (p,) = plateau([c for a in agg.values() for c in a["cells"]])
     assert p["stopped_rising"] and [r["step"] for r in p["rows"]] == [2, 4]
-    prof = {"name": "quick", "tasks": ["pointmaze"], "policies": ["dp", "dp_x0", "g1", "g10", "g1low"],
-            "fractions": [0.1], "seeds": [0, 1], "steps": 4, "batch_size": 4, "down_dims": [8], "lr": 1e-3,
-            "num_inference_steps": 10, "eval_steps": [1, 10]}
+    prof = {
+        "name": "quick",
+        "tasks": ["pointmaze"],
+        "policies": ["dp", "dp_x0", "g1", "g10", "g1low"],
+        "fractions": [0.1],
+        "seeds": [0, 1],
+        "steps": 4,
+        "batch_size": 4,
+        "down_dims": [8],
+        "lr": 1e-3,
+        "num_inference_steps": 10,
+        "eval_steps": [1, 10],
+    }
     md = penalty_markdown(agg, prof, {"command": "cdp-bench", "card": "CPU", "date": "today"}, [], ["a.png"])
     assert "### pointmaze" in md and "| g10 | 10 | all | 10 % | 20 [" in md and "succ. @1" in md
     assert "g1: success ties" in md and "λ-viol at t/T < 0.1: lower" in md and "it picks: **g1low**" in md

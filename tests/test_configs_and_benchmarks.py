@@ -17,7 +17,9 @@ from cdp_plugin.policy import ContractiveDiffusionConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "policy_configs" / "lerobot").glob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "policy_configs" / "lerobot").glob("*.json")), ids=lambda p: p.name
+)
 def test_lerobot_configs_parse(path):
     cfg = json.loads(path.read_text())
     policy = dict(cfg["policy"])
@@ -27,21 +29,39 @@ def test_lerobot_configs_parse(path):
 
 
 def test_small_cpu_config_trains(pusht_like_dataset, tmp_path):
-    run_cli("lerobot-train", f"--config_path={ROOT / 'policy_configs/lerobot/cdp_state_small_cpu.json'}",
-            f"--dataset.root={pusht_like_dataset}", f"--output_dir={tmp_path / 'out'}", "--steps=2", "--save_freq=2")
+    run_cli(
+        "lerobot-train",
+        f"--config_path={ROOT / 'policy_configs/lerobot/cdp_state_small_cpu.json'}",
+        f"--dataset.root={pusht_like_dataset}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--steps=2",
+        "--save_freq=2",
+    )
     assert (tmp_path / "out" / "checkpoints" / "000002" / "pretrained_model" / "model.safetensors").is_file()
 
 
 def _run(script: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
-                          env=cli_env(), timeout=900, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 
 
 def test_contraction_cost_benchmark_runs():
     out = _run("contraction_cost.py", "--dims", "2", "--steps", "1", "--batch-size", "4", "--no-write")
-    for name in ("DP (no penalty)", "CDP fd_probe (default)", "CDP hutchinson", "CDP hinge lanczos", "official full Jacobian"):
+    for name in (
+        "DP (no penalty)",
+        "CDP fd_probe (default)",
+        "CDP hutchinson",
+        "CDP hinge lanczos",
+        "official full Jacobian",
+    ):
         assert f"| 32 | {name} |" in out
     assert "| 32 | DP (no penalty) | " in out and "1.00x" in out
 

@@ -50,12 +50,14 @@ def test_separation_ratio_below_one_exactly_when_condition_holds(prediction_type
         ts = torch.tensor([1, 10, 50, 90, 99])
         a, sg = alpha_sigma(sched, ts)
         x = torch.randn(5, 3, generator=g, dtype=torch.float64)
-        _, lmax = sym_extreme_eigs(lambda z, model=model, ts=ts: model(z, ts), x, 3, a.double(), sg.double(), prediction_type)
+        _, lmax = sym_extreme_eigs(
+            lambda z, model=model, ts=ts: model(z, ts), x, 3, a.double(), sg.double(), prediction_type
+        )
         holds = bool((lmax < a.double()).all())
         assert holds == (s < 1), (s, lmax, a)
         contracts = bool((ratio < 1).all())
         expands = bool((ratio > 1).all())
-        assert (contracts if holds else expands), (prediction_type, sampler, s, ratio.mean().item())
+        assert contracts if holds else expands, (prediction_type, sampler, s, ratio.mean().item())
 
 
 class PerStepGain(torch.nn.Module):
@@ -66,7 +68,9 @@ class PerStepGain(torch.nn.Module):
         a, sg = alpha_sigma(sched, torch.arange(T))
         a, sg = a.double(), sg.double()
         k = a * s**2 / (a**2 * s**2 + sg**2)  # x0 gain
-        gain = {"sample": k, "epsilon": (1 - a * k) / sg, "v_prediction": a * (1 - a * k) / sg - sg * k}[prediction_type]
+        gain = {"sample": k, "epsilon": (1 - a * k) / sg, "v_prediction": a * (1 - a * k) / sg - sg * k}[
+            prediction_type
+        ]
         self.g = torch.nn.Parameter(gain.clone())
 
     def forward(self, x, t):
@@ -98,7 +102,9 @@ def test_minimising_the_penalty_makes_an_expansive_sampler_contract(prediction_t
         t = torch.randint(0, T, (64,), generator=g)
         a, sg = alpha_sigma(sched, t)
         x = torch.randn(64, 3, generator=g, dtype=torch.float64)
-        loss, _ = contraction_penalty(lambda z, i, t=t: model(z, t[i]), x, a.double(), sg.double(), prediction_type, cfg, generator=g)
+        loss, _ = contraction_penalty(
+            lambda z, i, t=t: model(z, t[i]), x, a.double(), sg.double(), prediction_type, cfg, generator=g
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -122,7 +128,12 @@ def test_learning_two_mode_toy_contracts_and_keeps_both_modes(capsys):
     dp = evaluate_toy(train_toy(None, "sample", steps=4000, seed=0))
     cdp = evaluate_toy(train_toy(ContractionConfig(), "sample", steps=4000, seed=0))
     hinge = evaluate_toy(
-        train_toy(ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=2), "sample", steps=4000, seed=0)
+        train_toy(
+            ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=2),
+            "sample",
+            steps=4000,
+            seed=0,
+        )
     )
     with capsys.disabled():
         print(f"\n  DP          : {dp}\n  CDP (fro)   : {cdp}\n  CDP (hinge) : {hinge}")

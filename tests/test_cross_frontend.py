@@ -34,9 +34,9 @@ def float64():
 
 
 def _lerobot_model(pred: str, ccfg: ContractionConfig):
-    import lerobot_policy_cdp  # noqa: F401
     from lerobot.configs.types import FeatureType, PolicyFeature
 
+    import lerobot_policy_cdp  # noqa: F401
     from cdp_plugin.policy import ContractiveDiffusionConfig
     from cdp_plugin.policy.modeling_cdp import ContractiveDiffusionModel
 
@@ -179,7 +179,7 @@ def test_core_lerobot_and_diffusion_policy_agree(pred, loss, estimator, grid):
     for name, p, g in (("lerobot", p_lr, g_lr), ("diffusion_policy", p_dp, g_dp)):
         assert p == pytest.approx(p_core, rel=1e-6, abs=1e-12), (name, p, p_core)
         for a, b in zip(g, g_core):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9, msg=lambda m: f"{name}: {m}")  # noqa: B023
     assert any(x.abs().sum() > 0 for x in g_core) or p_core == 0
 
 

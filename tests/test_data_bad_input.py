@@ -13,13 +13,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from test_data_convert import write_replay_buffer, write_robomimic
 
 from cdp_plugin.data.convert import DatasetFormatError, convert_robomimic, convert_zarr
 from cdp_plugin.data.writer import (
-    NonFiniteValueError, OutputPathError, atomic_dataset, check_output_path, is_cdp_dataset, task_features,
+    NonFiniteValueError,
+    OutputPathError,
+    atomic_dataset,
+    check_output_path,
+    is_cdp_dataset,
+    task_features,
 )
-
-from test_data_convert import write_replay_buffer, write_robomimic
 
 
 def assert_nothing_written(out: Path):
@@ -62,16 +66,30 @@ def _edit_hdf5(path, fn):
         (lambda f: f["data/demo_5/obs"].__delitem__("object"), ["episode demo_5", "'object'", "missing key"]),
         (lambda f: f["data/demo_10"].__delitem__("actions"), ["episode demo_10", "'actions'", "missing key"]),
         (lambda f: f.__delitem__("data"), ["'data'", "missing group"]),
-        (lambda f: (f["data/demo_5/obs"].__delitem__("robot0_eef_pos"),
-                    f["data/demo_5/obs"].create_dataset("robot0_eef_pos", data=np.zeros((3, 3)))),
-         ["episode demo_5", "'robot0_eef_pos'", "length 3 does not match 7 actions"]),
-        (lambda f: f["data/demo_10/obs/object"].__setitem__((4, 2), np.nan),
-         ["episode demo_10", "'object'", "non-finite value at frame 4"]),
-        (lambda f: f["data/demo_0/actions"].__setitem__((11, 0), np.inf),
-         ["episode demo_0", "'action'", "non-finite value at frame 11"]),
+        (
+            lambda f: (
+                f["data/demo_5/obs"].__delitem__("robot0_eef_pos"),
+                f["data/demo_5/obs"].create_dataset("robot0_eef_pos", data=np.zeros((3, 3))),
+            ),
+            ["episode demo_5", "'robot0_eef_pos'", "length 3 does not match 7 actions"],
+        ),
+        (
+            lambda f: f["data/demo_10/obs/object"].__setitem__((4, 2), np.nan),
+            ["episode demo_10", "'object'", "non-finite value at frame 4"],
+        ),
+        (
+            lambda f: f["data/demo_0/actions"].__setitem__((11, 0), np.inf),
+            ["episode demo_0", "'action'", "non-finite value at frame 11"],
+        ),
     ],
-    ids=["missing-obs-key", "missing-actions", "missing-data-group", "length-mismatch", "nan-obs",
-         "inf-action"],
+    ids=[
+        "missing-obs-key",
+        "missing-actions",
+        "missing-data-group",
+        "length-mismatch",
+        "nan-obs",
+        "inf-action",
+    ],
 )
 def test_robomimic_bad_content(tmp_path, edit, patterns):
     src = tmp_path / "demo.hdf5"
@@ -117,8 +135,12 @@ def test_cli_reports_error_and_exit_code(tmp_path):
     write_robomimic(src)
     _edit_hdf5(src, lambda f: f["data/demo_5/obs"].__delitem__("object"))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "cdp_plugin.data.convert", "robomimic", str(src), "--out",
-                           str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdp_plugin.data.convert", "robomimic", str(src), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert f"error: {src}, episode demo_5, key 'object'" in proc.stderr
     assert_nothing_written(out)
@@ -127,10 +149,15 @@ def test_cli_reports_error_and_exit_code(tmp_path):
 def test_interrupted_write_leaves_no_dataset(tmp_path):
     out = tmp_path / "ds"
     feats = task_features(2, 2, 2)
-    frame = {"observation.state": np.zeros(2, np.float32),
-             "observation.environment_state": np.zeros(2, np.float32), "action": np.zeros(2, np.float32),
-             "next.reward": np.zeros(1, np.float32), "next.success": np.zeros(1, bool),
-             "next.done": np.zeros(1, bool), "task": "t"}
+    frame = {
+        "observation.state": np.zeros(2, np.float32),
+        "observation.environment_state": np.zeros(2, np.float32),
+        "action": np.zeros(2, np.float32),
+        "next.reward": np.zeros(1, np.float32),
+        "next.success": np.zeros(1, bool),
+        "next.done": np.zeros(1, bool),
+        "task": "t",
+    }
     with pytest.raises(KeyboardInterrupt):
         with atomic_dataset(out, repo_id="local/x", fps=10, features=feats) as ds:
             for _ in range(3):
@@ -157,10 +184,14 @@ def test_interrupted_write_leaves_no_dataset(tmp_path):
 
 # -- issue 12 item 5: --overwrite replaces only a dataset this tool wrote, crash-safely ----------------------
 
-FRAME = {"observation.state": np.zeros(2, np.float32),
-         "observation.environment_state": np.zeros(2, np.float32), "action": np.zeros(2, np.float32),
-         "next.reward": np.zeros(1, np.float32), "next.success": np.zeros(1, bool),
-         "next.done": np.zeros(1, bool)}
+FRAME = {
+    "observation.state": np.zeros(2, np.float32),
+    "observation.environment_state": np.zeros(2, np.float32),
+    "action": np.zeros(2, np.float32),
+    "next.reward": np.zeros(1, np.float32),
+    "next.success": np.zeros(1, bool),
+    "next.done": np.zeros(1, bool),
+}
 
 
 def write_tiny(out, episodes: int, overwrite: bool = False, value: float = 0.0):
@@ -180,8 +211,22 @@ def episodes_at(out) -> int:
 
 
 def run_generate(out, *extra):
-    return subprocess.run([sys.executable, "-m", "cdp_plugin.data.generate", "pointmaze", "--episodes", "2",
-                           "--out", str(out), *extra], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdp_plugin.data.generate",
+            "pointmaze",
+            "--episodes",
+            "2",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_generate_overwrite_refuses_what_it_did_not_write(tmp_path, monkeypatch, capsys):
@@ -212,8 +257,9 @@ def test_overwrite_recognises_only_cdp_datasets(tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     plain = tmp_path / "plain"  # a LeRobotDataset, but not written by this tool
-    ds = LeRobotDataset.create(repo_id="local/x", fps=10, features=task_features(2, 2, 2), root=plain,
-                               use_videos=False)
+    ds = LeRobotDataset.create(
+        repo_id="local/x", fps=10, features=task_features(2, 2, 2), root=plain, use_videos=False
+    )
     ds.add_frame({**FRAME, "task": "t"})
     ds.save_episode()
     ds.finalize()
@@ -332,8 +378,15 @@ def test_float64_beyond_float32_range_is_refused(tmp_path):
     src = tmp_path / "demo.hdf5"
     write_robomimic(src, image=False)
     _edit_hdf5(src, lambda f: f["data/demo_5/actions"].__setitem__((3, 2), 1e40))  # float64: finite
-    convert_fails(convert_robomimic, src, tmp_path / "out", "episode demo_5", "'action'", "frame 3",
-                  "out of float32 range")
+    convert_fails(
+        convert_robomimic,
+        src,
+        tmp_path / "out",
+        "episode demo_5",
+        "'action'",
+        "frame 3",
+        "out of float32 range",
+    )
 
 
 def test_zarr_missing_chunk_is_refused_and_named(tmp_path):
@@ -341,7 +394,11 @@ def test_zarr_missing_chunk_is_refused_and_named(tmp_path):
     write_replay_buffer(src)
     (src / "data" / "action" / "2.0").unlink()  # rows 10-14 would read as zeros
     convert_fails(convert_zarr, src, tmp_path / "out", "'data/action'", "2.0 (rows 10-14)", "missing")
-    proc = subprocess.run([sys.executable, "-m", "cdp_plugin.data.convert", "zarr", str(src), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdp_plugin.data.convert", "zarr", str(src), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "--allow-missing-chunks" in proc.stderr
     assert_nothing_written(tmp_path / "out")

@@ -15,7 +15,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from cdp_plugin.data.convert import KeyMap, convert_minari, convert_robomimic, convert_zarr
@@ -99,19 +98,24 @@ def test_robomimic_round_trip_low_dim_and_image(tmp_path):
     assert ds.meta.features["observation.environment_state"]["shape"] == (10,)
     assert ds.meta.features["observation.image"]["shape"] == (24, 32, 3)
     for demo, ep in zip(demos, episodes_of(ds), strict=True):
-        state = np.concatenate([demo[f"obs/{k}"] for k in ("robot0_eef_pos", "robot0_eef_quat",
-                                                            "robot0_gripper_qpos")], 1)
+        state = np.concatenate(
+            [demo[f"obs/{k}"] for k in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")], 1
+        )
         np.testing.assert_array_equal(ep["action"], demo["actions"].astype(np.float32))
         np.testing.assert_array_equal(ep["observation.state"], state.astype(np.float32))
-        np.testing.assert_array_equal(ep["observation.environment_state"],
-                                      demo["obs/object"].astype(np.float32))
+        np.testing.assert_array_equal(
+            ep["observation.environment_state"], demo["obs/object"].astype(np.float32)
+        )
         np.testing.assert_array_equal(ep["observation.image"], demo["obs/agentview_image"])
         np.testing.assert_array_equal(ep["next.reward"].reshape(-1), demo["rewards"].astype(np.float32))
         np.testing.assert_array_equal(ep["next.done"].reshape(-1), demo["dones"].astype(bool))
         assert ep["task"] == "Lift"
     check_stats(ds, "action", np.concatenate([d["actions"] for d in demos]).astype(np.float32))
-    check_stats(ds, "observation.environment_state",
-                np.concatenate([d["obs/object"] for d in demos]).astype(np.float32))
+    check_stats(
+        ds,
+        "observation.environment_state",
+        np.concatenate([d["obs/object"] for d in demos]).astype(np.float32),
+    )
     prov = json.loads((tmp_path / "out" / "meta" / "cdp_provenance.json").read_text())
     assert prov["converter"] == "robomimic" and prov["env_args"]["env_name"] == "Lift"
 
@@ -121,9 +125,24 @@ def test_robomimic_filter_key_custom_keys_and_cli(tmp_path):
     demos = write_robomimic(src, image=False)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "cdp_plugin.data.convert", "robomimic", str(src), "--out", str(out),
-         "--filter-key", "train", "--state-keys", "robot0_joint_pos,robot0_gripper_qpos", "--fps", "10"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "cdp_plugin.data.convert",
+            "robomimic",
+            str(src),
+            "--out",
+            str(out),
+            "--filter-key",
+            "train",
+            "--state-keys",
+            "robot0_joint_pos,robot0_gripper_qpos",
+            "--fps",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["episodes"] == 2
@@ -154,8 +173,13 @@ def write_replay_buffer(path, lengths=LENGTHS, seed=0, zip_store=False, img_dtyp
     root = zarr.open_group(store, mode="w", zarr_format=2)
     data, meta = root.require_group("data"), root.require_group("meta")
     for k, v in arrays.items():
-        a = data.create_array(k, shape=v.shape, dtype=v.dtype, chunks=(5, *v.shape[1:]),
-                              compressors=numcodecs.Blosc(cname="zstd", clevel=3))
+        a = data.create_array(
+            k,
+            shape=v.shape,
+            dtype=v.dtype,
+            chunks=(5, *v.shape[1:]),
+            compressors=numcodecs.Blosc(cname="zstd", clevel=3),
+        )
         a[:] = v
     ends = meta.create_array("episode_ends", shape=(len(lengths),), dtype="i8")
     ends[:] = np.cumsum(lengths)
@@ -179,8 +203,9 @@ def test_zarr_replay_buffer_round_trip(tmp_path, zip_store, img_dtype):
         s = slice(bounds[i], bounds[i + 1])
         np.testing.assert_array_equal(ep["action"], arrays["action"][s])
         np.testing.assert_array_equal(ep["observation.state"], arrays["state"][s])
-        np.testing.assert_array_equal(ep["observation.environment_state"],
-                                      arrays["keypoint"][s].reshape(-1, 18))
+        np.testing.assert_array_equal(
+            ep["observation.environment_state"], arrays["keypoint"][s].reshape(-1, 18)
+        )
         np.testing.assert_array_equal(ep["observation.image"], arrays["img"][s].astype(np.uint8))
         assert ep["task"] == "push the T"
     check_stats(ds, "observation.state", arrays["state"])
@@ -208,13 +233,29 @@ def test_minari_local_dataset_round_trip(tmp_path, monkeypatch):
             observations.append(obs), actions.append(action), rewards.append(reward)
             terms.append(term), truncs.append(trunc)
             done = term or trunc
-        buffers.append(EpisodeBuffer(id=ep, seed=ep, observations=np.stack(observations),
-                                     actions=np.stack(actions), rewards=rewards, terminations=terms,
-                                     truncations=truncs, infos={}))
-    minari.create_dataset_from_buffers("cdp/pendulum-test-v0", buffers, env=env, algorithm_name="random",
-                                       author="cdp tests", author_email="tests@example.com",
-                                       code_permalink="https://example.com", eval_env="Pendulum-v1",
-                                       description="random Pendulum rollouts written by the cdp tests")
+        buffers.append(
+            EpisodeBuffer(
+                id=ep,
+                seed=ep,
+                observations=np.stack(observations),
+                actions=np.stack(actions),
+                rewards=rewards,
+                terminations=terms,
+                truncations=truncs,
+                infos={},
+            )
+        )
+    minari.create_dataset_from_buffers(
+        "cdp/pendulum-test-v0",
+        buffers,
+        env=env,
+        algorithm_name="random",
+        author="cdp tests",
+        author_email="tests@example.com",
+        code_permalink="https://example.com",
+        eval_env="Pendulum-v1",
+        description="random Pendulum rollouts written by the cdp tests",
+    )
     env.close()
     convert_minari("cdp/pendulum-test-v0", tmp_path / "out")
     src = minari.load_dataset("cdp/pendulum-test-v0")

@@ -52,7 +52,7 @@ def test_pointmaze_images_match_the_simulator(tmp_path):
     ds = LeRobotDataset("local/x", root=tmp_path / "img")
     assert ds.meta.features["observation.image"]["shape"] == (96, 96, 3)
     first, last = ds[0]["observation.image"], ds[int(ds.meta.episodes["length"][0]) - 1]["observation.image"]
-    assert first.shape == (3, 96, 96) and 0 <= float(first.min()) and float(first.max()) <= 1
+    assert first.shape == (3, 96, 96) and float(first.min()) >= 0 and float(first.max()) <= 1
     assert not np.allclose(first.numpy(), last.numpy())  # the ball moved
 
 
@@ -61,7 +61,9 @@ def test_failures_are_counted_filtered_or_kept(tmp_path):
         generate(GenerateConfig("pointmaze", tmp_path / "fail", episodes=2, max_steps=3, max_attempts=3))
     assert not (tmp_path / "fail").exists()
 
-    report = generate(GenerateConfig("pointmaze", tmp_path / "kept", episodes=2, max_steps=3, keep_failures=True))
+    report = generate(
+        GenerateConfig("pointmaze", tmp_path / "kept", episodes=2, max_steps=3, keep_failures=True)
+    )
     assert report.successes == 0 and report.episodes_written == 2 and report.episode_lengths == [3, 3]
     cols = columns(tmp_path / "kept")
     assert not cols["next.success"].any() and cols["next.done"].reshape(-1).tolist() == [0, 0, 1, 0, 0, 1]
@@ -84,7 +86,9 @@ def test_robosuite_lift_generation_is_reproducible(tmp_path):
 
 
 def test_cli_arguments():
-    cfg = parse_args(["can", "--episodes", "5", "--out", "/tmp/x", "--seed", "3", "--noise", "0.1", "--images"])
+    cfg = parse_args(
+        ["can", "--episodes", "5", "--out", "/tmp/x", "--seed", "3", "--noise", "0.1", "--images"]
+    )
     assert (cfg.task, cfg.episodes, cfg.seed, cfg.noise, cfg.images) == ("can", 5, 3, 0.1, True)
     with pytest.raises(SystemExit):
         parse_args(["pointmaze", "--episodes", "0", "--out", "/tmp/x"])

@@ -24,7 +24,7 @@ from cdp_plugin.data.subsets import (
 def test_episode_subset_is_seeded_and_sized():
     a = episode_subset(200, 0.1, seed=42)
     assert a == episode_subset(200, 0.1, seed=42) and a != episode_subset(200, 0.1, seed=1)
-    assert len(a) == 20 and a == sorted(set(a)) and 0 <= a[0] and a[-1] < 200
+    assert len(a) == 20 and a == sorted(set(a)) and a[0] >= 0 and a[-1] < 200
     assert episode_subset(3, 0.01) and len(episode_subset(3, 1.0)) == 3
     with pytest.raises(ValueError):
         episode_subset(10, 0.0)
@@ -37,7 +37,9 @@ def test_window_subset_follows_random_split_protocol():
     chosen = window_subset(lengths, 0.1, seed=42, drop_n_last_frames=7)
     # the paper's code: random_split(windows, ...) with torch.Generator().manual_seed(seed)
     k = round(0.1 * len(anchors))
-    ref, _ = torch.utils.data.random_split(anchors, [k, len(anchors) - k], generator=torch.Generator().manual_seed(42))
+    ref, _ = torch.utils.data.random_split(
+        anchors, [k, len(anchors) - k], generator=torch.Generator().manual_seed(42)
+    )
     assert chosen == sorted(anchors[i] for i in ref.indices)
     assert chosen == window_subset(lengths, 0.1, seed=42, drop_n_last_frames=7)
     assert chosen != window_subset(lengths, 0.1, seed=0, drop_n_last_frames=7)
@@ -59,10 +61,30 @@ def test_materialized_window_subset_holds_the_same_frames(tmp_path):
     generate(GenerateConfig("pointmaze", tmp_path / "src", episodes=4, seed=0))
     src = LeRobotDataset("local/src", root=tmp_path / "src")
     proc = subprocess.run(
-        [sys.executable, "-m", "cdp_plugin.data.subsets", "windows", "--root", str(tmp_path / "src"), "--out",
-         str(tmp_path / "sub"), "--fraction", "0.05", "--seed", "42", "--horizon", "8", "--n-obs-steps", "2",
-         "--n-action-steps", "4"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "cdp_plugin.data.subsets",
+            "windows",
+            "--root",
+            str(tmp_path / "src"),
+            "--out",
+            str(tmp_path / "sub"),
+            "--fraction",
+            "0.05",
+            "--seed",
+            "42",
+            "--horizon",
+            "8",
+            "--n-obs-steps",
+            "2",
+            "--n-action-steps",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -90,8 +112,23 @@ def test_materialized_window_subset_holds_the_same_frames(tmp_path):
 
 def test_episode_subset_cli(tmp_path):
     generate(GenerateConfig("pointmaze", tmp_path / "src", episodes=5, seed=0))
-    proc = subprocess.run([sys.executable, "-m", "cdp_plugin.data.subsets", "episodes", "--root",
-                           str(tmp_path / "src"), "--fraction", "0.4", "--seed", "42"],
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdp_plugin.data.subsets",
+            "episodes",
+            "--root",
+            str(tmp_path / "src"),
+            "--fraction",
+            "0.4",
+            "--seed",
+            "42",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == episode_subset(5, 0.4, 42)

@@ -14,8 +14,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _demo(out: Path, steps: int) -> str:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "demo.py"), "--out", str(out), "--episodes", "4", "--steps", str(steps),
-         "--eval-episodes", "1"], capture_output=True, text=True, env=cli_env(), timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "demo.py"),
+            "--out",
+            str(out),
+            "--episodes",
+            "4",
+            "--steps",
+            str(steps),
+            "--eval-episodes",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -30,5 +44,7 @@ def test_demo_trains_evaluates_and_resumes(tmp_path):
     # rerun with more steps: the dataset is reused and training resumes from the last checkpoint
     text = _demo(out, 6)
     assert "reusing dataset" in text and "resuming training from step 3" in text
-    step = json.loads((out / "train" / "checkpoints" / "last" / "training_state" / "training_step.json").read_text())
+    step = json.loads(
+        (out / "train" / "checkpoints" / "last" / "training_state" / "training_step.json").read_text()
+    )
     assert step["step"] == 6

@@ -17,19 +17,34 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "WANDB_MODE": "offline"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+    "WANDB_MODE": "offline",
+}
 TRAIN_FLAGS = [
-    "--policy.push_to_hub=false", "--policy.device=cpu", "--policy.pretrained_backbone_weights=null",
-    "--wandb.enable=false", "--num_workers=0", "--policy.horizon=16", "--policy.n_action_steps=8",
-    "--policy.down_dims=[32,64]", "--steps=4", "--batch_size=4", "--log_freq=2", "--save_freq=4",
+    "--policy.push_to_hub=false",
+    "--policy.device=cpu",
+    "--policy.pretrained_backbone_weights=null",
+    "--wandb.enable=false",
+    "--num_workers=0",
+    "--policy.horizon=16",
+    "--policy.n_action_steps=8",
+    "--policy.down_dims=[32,64]",
+    "--steps=4",
+    "--batch_size=4",
+    "--log_freq=2",
+    "--save_freq=4",
 ]
 # generator task -> (episodes, env type for lerobot-eval, action dim)
 TASKS = {"pointmaze": (4, "pointmaze", 2), "lift": (2, "robosuite_lift", 7), "can": (1, "robosuite_can", 7)}
 
 
 def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], env=ENV, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run(
+        [str(c) for c in cmd], env=ENV, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{(proc.stdout + proc.stderr)[-5000:]}"
     return proc
 
@@ -40,15 +55,36 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for task, (episodes, _, _) in TASKS.items():
         out[task] = root / task
-        proc = run([sys.executable, "-m", "cdp_plugin.data.generate", task, "--episodes", episodes, "--out",
-                    out[task], "--seed", 0])
+        proc = run(
+            [
+                sys.executable,
+                "-m",
+                "cdp_plugin.data.generate",
+                task,
+                "--episodes",
+                episodes,
+                "--out",
+                out[task],
+                "--seed",
+                0,
+            ]
+        )
         assert json.loads(proc.stdout.strip().splitlines()[-1])["episodes_written"] == episodes
     return out
 
 
 def train(policy_type: str, dataset: Path, out: Path, extra: list[str] = ()) -> Path:
-    proc = run([BIN / "lerobot-train", f"--policy.type={policy_type}", f"--dataset.repo_id=local/{dataset.name}",
-                f"--dataset.root={dataset}", f"--output_dir={out}", *TRAIN_FLAGS, *extra])
+    proc = run(
+        [
+            BIN / "lerobot-train",
+            f"--policy.type={policy_type}",
+            f"--dataset.repo_id=local/{dataset.name}",
+            f"--dataset.root={dataset}",
+            f"--output_dir={out}",
+            *TRAIN_FLAGS,
+            *extra,
+        ]
+    )
     log = proc.stdout + proc.stderr
     losses = [float(x) for x in re.findall(r"\bloss:([0-9.eE+-]+|nan|inf)", log)]
     assert losses and all(math.isfinite(x) for x in losses), f"no finite loss logged:\n{log[-3000:]}"
@@ -58,8 +94,19 @@ def train(policy_type: str, dataset: Path, out: Path, extra: list[str] = ()) -> 
 
 
 def evaluate(ckpt: Path, env_type: str, out: Path, extra: list[str] = ()) -> dict:
-    run([BIN / "lerobot-eval", f"--policy.path={ckpt}", "--policy.device=cpu", f"--env.type={env_type}",
-         "--env.episode_length=8", "--eval.n_episodes=1", "--eval.batch_size=1", f"--output_dir={out}", *extra])
+    run(
+        [
+            BIN / "lerobot-eval",
+            f"--policy.path={ckpt}",
+            "--policy.device=cpu",
+            f"--env.type={env_type}",
+            "--env.episode_length=8",
+            "--eval.n_episodes=1",
+            "--eval.batch_size=1",
+            f"--output_dir={out}",
+            *extra,
+        ]
+    )
     info = json.loads((out / "eval_info.json").read_text())
     overall = info["overall"]
     assert overall["n_episodes"] == 1
@@ -86,7 +133,19 @@ def test_train_on_generated_dataset_then_eval_in_sim(task, policy_type, datasets
 def test_pointmaze_images_train_and_eval(tmp_path):
     """The image path: ``--images`` dataset -> diffusion with a ResNet encoder -> eval with ``obs_type=pixels_state``."""
     data = tmp_path / "pm_img"
-    run([sys.executable, "-m", "cdp_plugin.data.generate", "pointmaze", "--episodes", 2, "--images", "--out", data])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "cdp_plugin.data.generate",
+            "pointmaze",
+            "--episodes",
+            2,
+            "--images",
+            "--out",
+            data,
+        ]
+    )
     ckpt = train("diffusion", data, tmp_path / "train", ["--policy.crop_shape=[84,84]"])
     config = json.loads((ckpt / "config.json").read_text())
     assert config["input_features"]["observation.image"]["shape"] == [3, 96, 96]

@@ -26,7 +26,9 @@ def test_registration_is_cheap_and_complete():
         "assert {'pointmaze', 'robosuite', 'robosuite_lift', 'robosuite_can', 'pusht'} <= set(known), known\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
 
@@ -39,7 +41,9 @@ def test_lerobot_plugin_shim_registers_envs():
         "from lerobot.envs.configs import EnvConfig\n"
         "print(sorted(EnvConfig.get_known_choices()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "'pointmaze'" in out.stdout and "'robosuite_can'" in out.stdout
 
@@ -64,7 +68,9 @@ def test_make_env_observations_match_declared_features(env_type):
         done = False
         rng = np.random.default_rng(0)
         while not done:
-            obs, _reward, term, trunc, info = vec.step(rng.uniform(-1, 1, (1, *vec.single_action_space.shape)))
+            obs, _reward, term, trunc, info = vec.step(
+                rng.uniform(-1, 1, (1, *vec.single_action_space.shape))
+            )
             steps += 1
             done = bool(term[0] or trunc[0])
             assert "is_success" in info or "final_info" in info

@@ -60,8 +60,12 @@ def test_registration_is_cheap_and_lerobot_resolves_it():
 def test_observation_features_and_action_move_the_arm(sim, tmp_path):
     from lerobot.robots import make_robot_from_config
 
-    cfg = FrankaConfig(ip=sim.host, sim="slide", calibration_dir=tmp_path,
-                       cameras={"top": FrankySimCameraConfig(host=sim.host)})
+    cfg = FrankaConfig(
+        ip=sim.host,
+        sim="slide",
+        calibration_dir=tmp_path,
+        cameras={"top": FrankySimCameraConfig(host=sim.host)},
+    )
     robot = make_robot_from_config(cfg)  # LeRobot's factory finds cdp_plugin.franka.Franka
     assert isinstance(robot, Franka)
     assert all(k.endswith((".pos", ".vel")) for k, v in robot.observation_features.items() if v is float)
@@ -85,8 +89,14 @@ def test_observation_features_and_action_move_the_arm(sim, tmp_path):
         for i in range(1, 13 + 10):
             t0 = time.perf_counter()
             k = min(i, 12)
-            sent = robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.01 * k,
-                                      "ee_z.pos": p0[2] - 0.005 * k, "gripper.pos": 0.0})
+            sent = robot.send_action(
+                {
+                    "ee_x.pos": p0[0],
+                    "ee_y.pos": p0[1] + 0.01 * k,
+                    "ee_z.pos": p0[2] - 0.005 * k,
+                    "gripper.pos": 0.0,
+                }
+            )
             assert all(w.startswith("TCP step") for w in robot.warnings), robot.warnings
             time.sleep(max(0.0, 0.1 - (time.perf_counter() - t0)))
             if k == 12 and np.linalg.norm(ee(robot.get_observation()) - p0 - [0.0, 0.12, -0.06]) < POS_TOL:
@@ -140,15 +150,17 @@ def test_safety_clamps_with_warning(sim, tmp_path, caplog):
         p0 = ee(robot.get_observation())
         # 8 cm in one step (< abort threshold 20 cm): clamped to the 4 cm per-step limit
         with caplog.at_level(logging.WARNING, logger="cdp_plugin.franka.franka"):
-            sent = robot.send_action({"ee_x.pos": p0[0] + 0.08, "ee_y.pos": p0[1], "ee_z.pos": p0[2],
-                                      "gripper.pos": 0.0})
+            sent = robot.send_action(
+                {"ee_x.pos": p0[0] + 0.08, "ee_y.pos": p0[1], "ee_z.pos": p0[2], "gripper.pos": 0.0}
+            )
         assert any("clamped" in r.message for r in caplog.records)
         assert sent["ee_x.pos"] == pytest.approx(p0[0] + 0.04, abs=1e-6)
         np.testing.assert_allclose(ee(settle(robot)), p0 + [0.04, 0, 0], atol=POS_TOL)
         # below the table (z=-0.03 < workspace z_min 0.015, within the abort margin): clamped to z_min
         p1 = ee(robot.get_observation())
-        sent = robot.send_action({"ee_x.pos": p1[0], "ee_y.pos": p1[1], "ee_z.pos": -0.03,
-                                  "gripper.pos": 0.0})
+        sent = robot.send_action(
+            {"ee_x.pos": p1[0], "ee_y.pos": p1[1], "ee_z.pos": -0.03, "gripper.pos": 0.0}
+        )
         assert sent["ee_z.pos"] == pytest.approx(robot.config.workspace_min[2])
         assert any("workspace" in w for w in robot.warnings)
         assert ee(settle(robot))[2] == pytest.approx(robot.config.workspace_min[2], abs=POS_TOL)
@@ -224,8 +236,9 @@ def test_ctrl_c_leaves_the_arm_stopped_and_disconnect_closes(sim, tmp_path):
     p0 = ee(robot.get_observation())
     robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.04, "ee_z.pos": p0[2], "gripper.pos": 0.0})
     with pytest.raises(KeyboardInterrupt):
-        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1], "ee_z.pos": _Interrupt(),
-                           "gripper.pos": 0.0})
+        robot.send_action(
+            {"ee_x.pos": p0[0], "ee_y.pos": p0[1], "ee_z.pos": _Interrupt(), "gripper.pos": 0.0}
+        )
     assert not _moving(robot)
     robot.disconnect()
     assert not robot.is_connected
@@ -241,8 +254,9 @@ def test_reconnect_after_controller_error(tmp_path):
     robot.connect()
     try:
         p0 = ee(robot.get_observation())
-        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.04, "ee_z.pos": p0[2],
-                           "gripper.pos": 0.0})
+        robot.send_action(
+            {"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.04, "ee_z.pos": p0[2], "gripper.pos": 0.0}
+        )
         sim.stop()
         with pytest.raises(FrankaControlError, match="libfranka"):
             robot.get_observation()
@@ -250,8 +264,9 @@ def test_reconnect_after_controller_error(tmp_path):
         sim = SlideSim(host).start()
         robot.connect()
         p0 = ee(robot.get_observation())
-        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] - 0.03, "ee_z.pos": p0[2],
-                           "gripper.pos": 0.0})
+        robot.send_action(
+            {"ee_x.pos": p0[0], "ee_y.pos": p0[1] - 0.03, "ee_z.pos": p0[2], "gripper.pos": 0.0}
+        )
         np.testing.assert_allclose(ee(settle(robot)), p0 + [0, -0.03, 0], atol=POS_TOL)
     finally:
         if robot.is_connected:
@@ -261,8 +276,10 @@ def test_reconnect_after_controller_error(tmp_path):
 
 def _sim_in_another_process(host: str) -> subprocess.Popen:
     """franky-sim's Slide scene served by a separate Python process (which the test can kill)."""
-    code = (f"from cdp_plugin.franka.sim import SlideSim; import time; SlideSim({host!r}).start(); "
-            "print('serving', flush=True); time.sleep(300)")
+    code = (
+        f"from cdp_plugin.franka.sim import SlideSim; import time; SlideSim({host!r}).start(); "
+        "print('serving', flush=True); time.sleep(300)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "serving"
     return proc
@@ -277,8 +294,9 @@ def test_killed_simulator_process_gives_franka_control_errors(tmp_path):
     try:
         robot.connect()
         p0 = ee(robot.get_observation())
-        robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.03, "ee_z.pos": p0[2],
-                           "gripper.pos": 0.0})
+        robot.send_action(
+            {"ee_x.pos": p0[0], "ee_y.pos": p0[1] + 0.03, "ee_z.pos": p0[2], "gripper.pos": 0.0}
+        )
         proc.kill()
         proc.wait(30)
         for _ in range(3):  # the first read times out (UDP); later ones raised RuntimeError: Net Exception
@@ -286,8 +304,12 @@ def test_killed_simulator_process_gives_franka_control_errors(tmp_path):
                 robot.get_observation()
         with pytest.raises((FrankaControlError, FrankaSafetyError)):
             robot.send_action({"ee_x.pos": p0[0], "ee_y.pos": p0[1], "ee_z.pos": p0[2], "gripper.pos": 0.0})
-        for call in (robot.recover, robot.wait_until_still, lambda: robot.move_ee(p0),
-                     lambda: robot.gripper_move(0.02)):
+        for call in (
+            robot.recover,
+            robot.wait_until_still,
+            lambda: robot.move_ee(p0),
+            lambda: robot.gripper_move(0.02),
+        ):
             with pytest.raises(FrankaControlError):
                 call()
     finally:

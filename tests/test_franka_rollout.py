@@ -27,8 +27,14 @@ BIN = Path(sys.executable).parent
 
 def _env(tmp: Path) -> dict:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_LEROBOT_HOME=str(tmp / "hf_lerobot"),
-               HF_LEROBOT_CALIBRATION=str(tmp / "calibration"), WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_LEROBOT_HOME=str(tmp / "hf_lerobot"),
+        HF_LEROBOT_CALIBRATION=str(tmp / "calibration"),
+        WANDB_MODE="disabled",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -71,8 +77,9 @@ def test_a_lagging_arm_is_clamped_not_aborted(tmp_path):
         finally:
             robot.disconnect()
         # a gross ee_delta request is still refused: the displacement itself, independent of timing
-        robot = Franka(slide_robot_config(sim.host, camera=False, calibration_dir=tmp_path,
-                                          action_space="ee_delta"))
+        robot = Franka(
+            slide_robot_config(sim.host, camera=False, calibration_dir=tmp_path, action_space="ee_delta")
+        )
         robot.connect()
         try:
             with pytest.raises(FrankaSafetyError, match="displacement 0.300 m"):
@@ -107,12 +114,30 @@ def cdp_checkpoint(slide_data, tmp_path_factory):
     root, _ = slide_data
     tmp = tmp_path_factory.mktemp("franka_train")
     out = tmp / "train"
-    _run([str(BIN / "lerobot-train"), "--policy.type=cdp", "--policy.push_to_hub=false",
-          "--policy.device=cpu", "--policy.pretrained_backbone_weights=null", "--wandb.enable=false",
-          "--num_workers=0",
-          "--policy.horizon=16", "--policy.n_action_steps=8", "--policy.down_dims=[32,64]", "--steps=4",
-          "--batch_size=4", "--save_freq=4", "--log_freq=2", "--dataset.repo_id=local/franka_slide",
-          f"--dataset.root={root}", f"--output_dir={out}"], _env(tmp), 900, tmp)
+    _run(
+        [
+            str(BIN / "lerobot-train"),
+            "--policy.type=cdp",
+            "--policy.push_to_hub=false",
+            "--policy.device=cpu",
+            "--policy.pretrained_backbone_weights=null",
+            "--wandb.enable=false",
+            "--num_workers=0",
+            "--policy.horizon=16",
+            "--policy.n_action_steps=8",
+            "--policy.down_dims=[32,64]",
+            "--steps=4",
+            "--batch_size=4",
+            "--save_freq=4",
+            "--log_freq=2",
+            "--dataset.repo_id=local/franka_slide",
+            f"--dataset.root={root}",
+            f"--output_dir={out}",
+        ],
+        _env(tmp),
+        900,
+        tmp,
+    )
     ckpt = out / "checkpoints" / "last" / "pretrained_model"
     assert (ckpt / "model.safetensors").is_file()
     assert json.loads((ckpt / "config.json").read_text())["type"] == "cdp"
@@ -121,15 +146,28 @@ def cdp_checkpoint(slide_data, tmp_path_factory):
 
 def test_lerobot_rollout_drives_the_simulated_franka(cdp_checkpoint, tmp_path):
     host = free_loopback_host()
-    out = _run([
-        str(BIN / "lerobot-rollout"), "--strategy.type=base", f"--policy.path={cdp_checkpoint}",
-        "--policy.device=cpu", "--device=cpu", "--robot.type=franka", f"--robot.ip={host}",
-        "--robot.sim=slide",
-        f"--robot.calibration_dir={tmp_path / 'calib'}",
-        f"--robot.cameras={{top: {{type: franky_sim, host: '{host}'}}}}",
-        f"--task={TASK_TEXT}", "--fps=10", "--duration=5", "--return_to_initial_position=false",
-        "--play_sounds=false",
-    ], _env(tmp_path), 600, tmp_path)
+    out = _run(
+        [
+            str(BIN / "lerobot-rollout"),
+            "--strategy.type=base",
+            f"--policy.path={cdp_checkpoint}",
+            "--policy.device=cpu",
+            "--device=cpu",
+            "--robot.type=franka",
+            f"--robot.ip={host}",
+            "--robot.sim=slide",
+            f"--robot.calibration_dir={tmp_path / 'calib'}",
+            f"--robot.cameras={{top: {{type: franky_sim, host: '{host}'}}}}",
+            f"--task={TASK_TEXT}",
+            "--fps=10",
+            "--duration=5",
+            "--return_to_initial_position=false",
+            "--play_sounds=false",
+        ],
+        _env(tmp_path),
+        600,
+        tmp_path,
+    )
     assert "Rollout finished" in out
     m = re.search(r"disconnected: (\d+) actions sent, TCP path ([0-9.]+) m", out)
     assert m, out[-4000:]
@@ -141,8 +179,23 @@ def test_lerobot_rollout_drives_the_simulated_franka(cdp_checkpoint, tmp_path):
 def test_slide_eval_cli_loads_a_cdp_checkpoint_in_a_fresh_interpreter(cdp_checkpoint, tmp_path):
     """`examples/franka_slide.py eval` registers the plugin's policy types itself, as LeRobot's CLIs do."""
     res = tmp_path / "eval.json"
-    _run([sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "franka_slide.py"), "eval",
-          "--policy", str(cdp_checkpoint), "--episodes", "1", "--max-steps", "8", "--json", str(res)],
-         _env(tmp_path), 600, tmp_path)
+    _run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "examples" / "franka_slide.py"),
+            "eval",
+            "--policy",
+            str(cdp_checkpoint),
+            "--episodes",
+            "1",
+            "--max-steps",
+            "8",
+            "--json",
+            str(res),
+        ],
+        _env(tmp_path),
+        600,
+        tmp_path,
+    )
     out = json.loads(res.read_text())
     assert out["episodes"] == 1 and len(out["results"]) == 1 and out["results"][0]["steps"] >= 1

@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_endpoint import HubEndpoint
-
 from conftest import SMALL_POLICY, cli_env
+from hub_endpoint import HubEndpoint
 
 VENV_BIN = Path(sys.executable).parent
 REPO_ID = "user/cdp_test"

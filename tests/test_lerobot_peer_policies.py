@@ -42,8 +42,6 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
-
-import lerobot_policy_cdp  # noqa: F401  (registers cdp, as LeRobot's CLIs do through plugin discovery)
 from lerobot.configs.default import DatasetConfig
 from lerobot.configs.train import TrainPipelineConfig
 from lerobot.configs.types import FeatureType, PolicyFeature
@@ -60,6 +58,8 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 from lerobot.utils.feature_utils import dataset_to_policy_features
 from lerobot.utils.utils import cycle
+
+import lerobot_policy_cdp  # noqa: F401  (registers cdp, as LeRobot's CLIs do through plugin discovery)
 
 DEVICE = "cpu"
 _ALL_POLICIES = ["cdp"]
@@ -153,7 +153,7 @@ def test_cdp_classes_and_annotations_resolve():
     import importlib
 
     proc_mod = importlib.import_module(cfg_module.replace("configuration_", "processor_"))
-    assert getattr(proc_mod, "make_cdp_pre_post_processors") is make_cdp_pre_post_processors
+    assert proc_mod.make_cdp_pre_post_processors is make_cdp_pre_post_processors
 
 
 @pytest.mark.parametrize(

@@ -24,10 +24,7 @@ import tempfile
 
 import pytest
 import torch
-
 from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
-from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig as DiffusionConfig
-from cdp_plugin.policy.processor_cdp import make_cdp_pre_post_processors as make_diffusion_pre_post_processors
 from lerobot.processor import (
     AddBatchDimensionProcessorStep,
     DataProcessorPipeline,
@@ -39,6 +36,9 @@ from lerobot.processor import (
 )
 from lerobot.processor.converters import create_transition, transition_to_batch
 from lerobot.utils.constants import ACTION, OBS_IMAGE, OBS_STATE
+
+from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig as DiffusionConfig
+from cdp_plugin.policy.processor_cdp import make_cdp_pre_post_processors as make_diffusion_pre_post_processors
 
 
 def create_default_config():

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_POLICY, VENV_BIN, cli_env, run_cli
 from safetensors.torch import load_file
 
 import lerobot_policy_cdp  # noqa: F401  (registers cdp, as LeRobot's plugin discovery does)
 from cdp_plugin.bench.metrics import parse_train_log as parse_log
-from conftest import SMALL_POLICY, VENV_BIN, cli_env, run_cli
 
 TRAIN_FLAGS = [
     "--policy.type=cdp",

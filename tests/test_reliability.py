@@ -309,8 +309,7 @@ def test_7_ctrl_c_says_how_to_resume(pusht_like_dataset, tmp_path):
     assert proc.returncode == 130, stderr[-3000:]
     assert not has_traceback(stderr)
     assert (
-        f"--config_path={out / 'checkpoints/last/pretrained_model/train_config.json'} --resume=true"
-        in stderr
+        f"--config_path={out / 'checkpoints/last/pretrained_model/train_config.json'} --resume=true" in stderr
     )
 
 

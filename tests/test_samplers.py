@@ -61,8 +61,14 @@ def test_builder_takes_every_schedule_setting_from_the_training_scheduler(sample
     """One builder: the deployment scheduler is ``from_config`` of the training scheduler's config."""
     from diffusers import DDIMScheduler
 
-    train = DDIMScheduler(num_train_timesteps=50, beta_schedule="linear", beta_start=2e-4, beta_end=0.03,
-                          prediction_type="v_prediction", clip_sample=False)
+    train = DDIMScheduler(
+        num_train_timesteps=50,
+        beta_schedule="linear",
+        beta_start=2e-4,
+        beta_end=0.03,
+        prediction_type="v_prediction",
+        clip_sample=False,
+    )
     sched = make_scheduler(sampler, train)
     assert torch.equal(sched.alphas_cumprod, train.alphas_cumprod)
     assert sched.config.num_train_timesteps == 50 and sched.config.prediction_type == "v_prediction"
@@ -81,19 +87,29 @@ def _tiny_cdp(**kw):
 
     torch.manual_seed(0)
     cfg = ContractiveDiffusionConfig(
-        device="cpu", horizon=8, n_action_steps=4, down_dims=(16, 32), diffusion_step_embed_dim=16,
-        push_to_hub=False, contraction_diag_every=0,
-        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,)),
-                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))}, **kw,
+        device="cpu",
+        horizon=8,
+        n_action_steps=4,
+        down_dims=(16, 32),
+        diffusion_step_embed_dim=16,
+        push_to_hub=False,
+        contraction_diag_every=0,
+        input_features={
+            "observation.state": PolicyFeature(FeatureType.STATE, (2,)),
+            "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,)),
+        },
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        **kw,
     )
     return ContractiveDiffusionPolicy(cfg).eval()
 
 
 def _act(policy):
     policy.reset()
-    obs = {"observation.state": torch.randn(2, 2, generator=torch.Generator().manual_seed(3)),
-           "observation.environment_state": torch.randn(2, 3, generator=torch.Generator().manual_seed(4))}
+    obs = {
+        "observation.state": torch.randn(2, 2, generator=torch.Generator().manual_seed(3)),
+        "observation.environment_state": torch.randn(2, 3, generator=torch.Generator().manual_seed(4)),
+    }
     with torch.no_grad():
         return policy.select_action(obs)
 
@@ -113,7 +129,9 @@ def test_ddpm_means_the_training_schedule_stepped_stochastically():
 
     p = _tiny_cdp(sampler="ddpm", noise_scheduler_type="DDIM", num_inference_steps=4)
     s = p.diffusion.sampling_scheduler
-    assert type(s) is DDPMScheduler and torch.equal(s.alphas_cumprod, p.diffusion.noise_scheduler.alphas_cumprod)
+    assert type(s) is DDPMScheduler and torch.equal(
+        s.alphas_cumprod, p.diffusion.noise_scheduler.alphas_cumprod
+    )
     torch.manual_seed(0)
     a1 = _act(p)
     torch.manual_seed(1)
@@ -131,16 +149,30 @@ def test_converted_diffusion_checkpoint_acts(tmp_path):
     from cdp_plugin.policy import ContractiveDiffusionPolicy
 
     torch.manual_seed(0)
-    dp = DiffusionPolicy(DiffusionConfig(
-        device="cpu", horizon=8, n_action_steps=4, down_dims=(16, 32), diffusion_step_embed_dim=16, push_to_hub=False,
-        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,)),
-                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
-    ))
+    dp = DiffusionPolicy(
+        DiffusionConfig(
+            device="cpu",
+            horizon=8,
+            n_action_steps=4,
+            down_dims=(16, 32),
+            diffusion_step_embed_dim=16,
+            push_to_hub=False,
+            input_features={
+                "observation.state": PolicyFeature(FeatureType.STATE, (2,)),
+                "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,)),
+            },
+            output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        )
+    )
     assert dp.config.num_inference_steps is None
     dp.save_pretrained(tmp_path / "dp")
-    proc = subprocess.run([sys.executable, "-m", "cdp_plugin.policy.convert", str(tmp_path / "dp"), str(tmp_path / "cdp")],
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdp_plugin.policy.convert", str(tmp_path / "dp"), str(tmp_path / "cdp")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = json.loads((tmp_path / "cdp" / "config.json").read_text())
     assert cfg["type"] == "cdp" and cfg["prediction_type"] == "epsilon" and cfg["num_inference_steps"] is None
@@ -152,8 +184,9 @@ def test_converted_diffusion_checkpoint_acts(tmp_path):
 
 # ------------------------------------------------------------------------------ exact per-step thresholds
 def _sym_with_eigs(eigs, seed=0):
-    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), generator=torch.Generator().manual_seed(seed),
-                                       dtype=torch.float64))
+    q, _ = torch.linalg.qr(
+        torch.randn(len(eigs), len(eigs), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
     return q @ torch.diag(torch.tensor(eigs, dtype=torch.float64)) @ q.T
 
 
@@ -202,8 +235,9 @@ def test_step_bounds_match_the_real_schedulers_one_step_jacobian(sampler, predic
     from cdp_plugin.samplers import step_coefficients, step_contraction_bounds
 
     for n in (1, 2, 10):
-        bounds = step_contraction_bounds(training_scheduler(ScheduleConfig(T, prediction_type=prediction_type)),
-                                         sampler, n)
+        bounds = step_contraction_bounds(
+            training_scheduler(ScheduleConfig(T, prediction_type=prediction_type)), sampler, n
+        )
         coefs = step_coefficients(ScheduleConfig(T, prediction_type=prediction_type), sampler, n)
         assert len(bounds) == n and bounds[-1].s == -1 and bounds[-1].lower == pytest.approx(-1.0)
         for i, (lo, hi) in enumerate((b.lower, b.upper) for b in bounds):
@@ -218,8 +252,9 @@ def test_step_bounds_match_the_real_schedulers_one_step_jacobian(sampler, predic
                 J = _one_step_jacobian(sampler, prediction_type, n, A, i)
                 a, b = coefs[i].a, coefs[i].b
                 # the step's Jacobian is a I + b A (DPM-Solver++ steps in float32)
-                assert torch.allclose(J, a * torch.eye(4, dtype=J.dtype) + b * A, rtol=1e-4, atol=1e-4 * (1 + b)), (
-                    sampler, n, i)
+                assert torch.allclose(
+                    J, a * torch.eye(4, dtype=J.dtype) + b * A, rtol=1e-4, atol=1e-4 * (1 + b)
+                ), (sampler, n, i)
                 ev = torch.linalg.eigvalsh((J + J.T) / 2)
                 spread = ev.abs().max().item()
                 if case == "inside":
@@ -234,4 +269,6 @@ def test_ddim10_threshold_at_t90_is_the_issues_number():
 
     b = {x.t: x for x in step_contraction_bounds(ScheduleConfig(T), "ddim", 10)}
     assert b[90].s == 80 and b[90].upper == pytest.approx(0.217, abs=5e-4)
-    assert alpha_sigma(training_scheduler(ScheduleConfig(T)), torch.tensor([90]))[0].item() == pytest.approx(0.140, abs=5e-4)
+    assert alpha_sigma(training_scheduler(ScheduleConfig(T)), torch.tensor([90]))[0].item() == pytest.approx(
+        0.140, abs=5e-4
+    )

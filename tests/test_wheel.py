@@ -25,7 +25,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,7 +33,12 @@ def flag_value(flags: list[str], name: str, default=None):
 
 def success_stats(successes: list[bool]) -> dict:
     n, s = len(successes), sum(successes)
-    return {"success": s / n if n else float("nan"), "ci": wilson_interval(s, n), "n_episodes": n, "n_success": s}
+    return {
+        "success": s / n if n else float("nan"),
+        "ci": wilson_interval(s, n),
+        "n_episodes": n,
+        "n_success": s,
+    }
 
 
 def _viol(profile_rows: list[dict], lo: float = 0.0, hi: float = 1.0, T: int = 100) -> float | None:
@@ -59,8 +64,12 @@ def _modes(cs: list[dict]) -> dict | None:
         for k, v in m["multimodal_counts"].items():
             counts[k] += v
     n = sum(counts.values())
-    return {"counts": dict(counts), "n": n, "minority_share": (min(counts.values()) / n if len(counts) >= 2 else 0.0)
-            if n else None, "per_seed": [m["minority_share"] for m in ms]}
+    return {
+        "counts": dict(counts),
+        "n": n,
+        "minority_share": (min(counts.values()) / n if len(counts) >= 2 else 0.0) if n else None,
+        "per_seed": [m["minority_share"] for m in ms],
+    }
 
 
 def aggregate(cells: list[dict]) -> dict[tuple, dict]:
@@ -70,8 +79,11 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
         groups[(c["cell"]["task"], c["cell"]["policy"], c["cell"]["fraction"])].append(c)
-    dp_update = {(c["cell"]["task"], c["cell"]["fraction"], c["cell"]["seed"]): c.get("update_s")
-                 for c in cells if c["cell"]["policy"] == "dp"}
+    dp_update = {
+        (c["cell"]["task"], c["cell"]["fraction"], c["cell"]["seed"]): c.get("update_s")
+        for c in cells
+        if c["cell"]["policy"] == "dp"
+    }
     agg = {}
     for k, cs in sorted(groups.items()):
         cs = sorted(cs, key=lambda c: c["cell"]["seed"])
@@ -110,7 +122,8 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
             "flags": flags,
             "gamma": flag_value(flags, "contraction_weight", 0.1 if "--policy.type=cdp" in flags else None),
             "noise_window": flag_value(flags, "contraction_noise_window", [0.0, 1.0]),
-            "penalty": flag_value(flags, "contraction_loss", "frobenius") != "none" and "--policy.type=cdp" in flags,
+            "penalty": flag_value(flags, "contraction_loss", "frobenius") != "none"
+            and "--policy.type=cdp" in flags,
             "cells": cs,
         }
     return agg

@@ -42,30 +42,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="CPU profile (default)")
     g.add_argument("--full", action="store_true", help="GPU profile")
-    g.add_argument("--profile", choices=sorted(PROFILES), default=None, help="named profile (quick, standard, full)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:FLAGS",
-                   help="a policy variant with arbitrary lerobot-train flags, e.g. "
-                        "g3=cdp:--policy.contraction_weight=3,--policy.contraction_noise_window=[0,0.1] "
-                        "(BASE: dp, cdp or a built-in policy); repeatable; added to the policies run")
-    p.add_argument("--variants-file", type=Path, default=None, help="JSON/YAML mapping name -> 'base:flags' | "
-                   "[flags] | {base, flags}; added to the policies run")
-    p.add_argument("--eval-steps", default=None, help="comma-separated extra sampling-step counts to evaluate")
-    p.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per cell (every task)")
+    g.add_argument(
+        "--profile", choices=sorted(PROFILES), default=None, help="named profile (quick, standard, full)"
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=BASE:FLAGS",
+        help="a policy variant with arbitrary lerobot-train flags, e.g. "
+        "g3=cdp:--policy.contraction_weight=3,--policy.contraction_noise_window=[0,0.1] "
+        "(BASE: dp, cdp or a built-in policy); repeatable; added to the policies run",
+    )
+    p.add_argument(
+        "--variants-file",
+        type=Path,
+        default=None,
+        help="JSON/YAML mapping name -> 'base:flags' | [flags] | {base, flags}; added to the policies run",
+    )
+    p.add_argument(
+        "--eval-steps", default=None, help="comma-separated extra sampling-step counts to evaluate"
+    )
+    p.add_argument(
+        "--eval-episodes", type=int, default=None, help="evaluation episodes per cell (every task)"
+    )
     p.add_argument("--dataset-episodes", type=int, default=None, help="dataset episodes (every task)")
-    p.add_argument("--mode-episodes", type=int, default=None, help="in-process rollouts per cell for mode coverage")
-    p.add_argument("--section", default=None, help="RESULTS.md section to write: bench:matrix (default) or "
-                   "bench:penalty (the penalty strength study: success and action variance vs gamma, success vs steps)")
-    p.add_argument("--out", type=Path, default=None, help="matrix directory (default outputs/bench_<profile>)")
+    p.add_argument(
+        "--mode-episodes", type=int, default=None, help="in-process rollouts per cell for mode coverage"
+    )
+    p.add_argument(
+        "--section",
+        default=None,
+        help="RESULTS.md section to write: bench:matrix (default) or "
+        "bench:penalty (the penalty strength study: success and action variance vs gamma, success vs steps)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="matrix directory (default outputs/bench_<profile>)"
+    )
     p.add_argument("--tasks", default=None, help="comma-separated subset of tasks (pointmaze,lift,can,pusht)")
     p.add_argument("--policies", default=None, help="comma-separated subset of dp,cdp_frobenius,cdp_hinge")
     p.add_argument("--seeds", default=None, help="comma-separated seeds")
     p.add_argument("--fractions", default=None, help="comma-separated data fractions, e.g. 1.0,0.1")
     p.add_argument("--steps", type=int, default=None, help="training steps per cell")
     p.add_argument("--device", default=None, help="cpu | cuda")
-    p.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default benchmarks/RESULTS.md)")
+    p.add_argument(
+        "--results", type=Path, default=None, help="RESULTS.md to update (default benchmarks/RESULTS.md)"
+    )
     p.add_argument("--plots-dir", type=Path, default=None, help="default benchmarks/plots")
     p.add_argument("--card", default=None, help="hardware named in RESULTS.md (default: detected)")
-    p.add_argument("--report-only", action="store_true", help="only rebuild RESULTS.md and plots from finished cells")
+    p.add_argument(
+        "--report-only", action="store_true", help="only rebuild RESULTS.md and plots from finished cells"
+    )
     p.add_argument("--no-report", action="store_true", help="run cells, do not touch RESULTS.md / plots")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -95,12 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     policies = csv(a.policies) or (base.policies if not variants else [])
     policies = policies + [v for v in variants if v not in policies]
     tasks = csv(a.tasks) or base.tasks
-    per_task = lambda n: None if n is None else {t: n for t in tasks}
-    profile = profile_with(base, tasks=tasks, policies=policies, seeds=csv(a.seeds, int),
-                           fractions=csv(a.fractions, float), steps=a.steps, device=a.device,
-                           variants={**base.variants, **variants} if variants else None,
-                           eval_steps=csv(a.eval_steps, int), eval_episodes=per_task(a.eval_episodes),
-                           dataset_episodes=per_task(a.dataset_episodes), mode_episodes=a.mode_episodes)
+    per_task = lambda n: None if n is None else dict.fromkeys(tasks, n)
+    profile = profile_with(
+        base,
+        tasks=tasks,
+        policies=policies,
+        seeds=csv(a.seeds, int),
+        fractions=csv(a.fractions, float),
+        steps=a.steps,
+        device=a.device,
+        variants={**base.variants, **variants} if variants else None,
+        eval_steps=csv(a.eval_steps, int),
+        eval_episodes=per_task(a.eval_episodes),
+        dataset_episodes=per_task(a.dataset_episodes),
+        mode_episodes=a.mode_episodes,
+    )
     for pol in profile.policies:
         try:
             policy_flags(profile, pol)
@@ -124,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if not a.report_only:
         status = run_matrix(profile, out, progress=not a.no_progress)
-        run_meta = {"command": "cdp-bench " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
-                    "card": a.card or detect_card(profile.device),
-                    "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                    "wall_s": time.time() - t0, "status": status}
+        run_meta = {
+            "command": "cdp-bench "
+            + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
+            "card": a.card or detect_card(profile.device),
+            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "wall_s": time.time() - t0,
+            "status": status,
+        }
         hist = out / "runs.jsonl"
         with open(hist, "a") as fh:
             fh.write(json.dumps(run_meta) + "\n")
@@ -151,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     agg = aggregate(cells)
     # metadata: the run(s) that produced the cells; wall time summed over resumed runs
-    meta = {"command": "cdp-bench --profile " + name, "card": a.card or detect_card(profile.device),
-            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    meta = {
+        "command": "cdp-bench --profile " + name,
+        "card": a.card or detect_card(profile.device),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     hist = out / "runs.jsonl"
     if hist.is_file():
         runs = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
@@ -160,22 +203,34 @@ def main(argv: list[str] | None = None) -> int:
             meta.update(card=a.card or runs[-1]["card"], date=runs[-1]["date"])
             meta["commands_md"] = "; then ".join(
                 f"`{r['command']}` ({len(r['status']['done'])} cells run, {len(r['status']['skipped'])} skipped, "
-                f"{len(r['status']['failed'])} failed; {r['wall_s'] / 60:.1f} min; finished {r['date']})" for r in runs
+                f"{len(r['status']['failed'])} failed; {r['wall_s'] / 60:.1f} min; finished {r['date']})"
+                for r in runs
             )
             cell_s = sum(c.get("cell_wall_s", 0.0) for c in cells)
-            meta["wall"] = (f"{sum(r['wall_s'] for r in runs) / 60:.1f} min over {len(runs)} invocation(s) "
-                            f"(cells: {cell_s / 60:.1f} min)")
-    failed = sorted({p.name[: -len('.error.txt')] for p in (out / 'logs').glob('*.error.txt')}
-                    - {c["id"] for c in cells}) if (out / "logs").is_dir() else []
+            meta["wall"] = (
+                f"{sum(r['wall_s'] for r in runs) / 60:.1f} min over {len(runs)} invocation(s) "
+                f"(cells: {cell_s / 60:.1f} min)"
+            )
+    failed = (
+        sorted(
+            {p.name[: -len(".error.txt")] for p in (out / "logs").glob("*.error.txt")}
+            - {c["id"] for c in cells}
+        )
+        if (out / "logs").is_dir()
+        else []
+    )
     skipped = {t: TASKS[t].skip_reason for t in profile.tasks if TASKS[t].skip_reason}
     prof = asdict(profile)
     # report every policy / task / fraction / seed found among the finished cells (runs may add to a directory)
     from cdp_plugin.bench.matrix import POLICIES
 
     found = [c["cell"] for c in cells]
-    prof["policies"] = [p for p in POLICIES if any(c["policy"] == p for c in found)] + list(dict.fromkeys(
-        c["policy"] for c in found if c["policy"] not in POLICIES))  # variants, in the order they were run
-    prof["tasks"] = [t for t in TASKS if any(c["task"] == t for c in found)] + [t for t in profile.tasks if t not in {c["task"] for c in found}]
+    prof["policies"] = [p for p in POLICIES if any(c["policy"] == p for c in found)] + list(
+        dict.fromkeys(c["policy"] for c in found if c["policy"] not in POLICIES)
+    )  # variants, in the order they were run
+    prof["tasks"] = [t for t in TASKS if any(c["task"] == t for c in found)] + [
+        t for t in profile.tasks if t not in {c["task"] for c in found}
+    ]
     prof["fractions"] = sorted({c["fraction"] for c in found}, reverse=True)
     prof["seeds"] = sorted({c["seed"] for c in found})
     if (a.section or MATRIX_TAG) == PENALTY_TAG:

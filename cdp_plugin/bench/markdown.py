@@ -18,9 +18,8 @@ PAPER_NOTES = {
         "CDP 48 and DQL 43 — offline RL with a Q-function, not imitation; not comparable."
     ),
     "can": "Paper, Table 2 (Robomimic Can-H, full data, success): DP-UNet 0.95 vs CDP-UNet 1.00; "
-           "Robomimic-Limited Can-L reward DP 130 vs CDP 133.",
+    "Robomimic-Limited Can-L reward DP 130 vs CDP 133.",
 }
-
 
 
 COLUMNS = (
@@ -48,7 +47,12 @@ def _seeds(xs, spec):
 def verdict(agg: dict, task: str, fraction: float) -> str:
     """Plain win / tie / loss of each CDP variant vs DP on success (CI overlap = tie) and reward."""
     out = []
-    for pol, base in (("cdp_frobenius", "dp"), ("cdp_hinge", "dp"), ("cdp_frobenius", "dp_x0"), ("cdp_hinge", "dp_x0")):
+    for pol, base in (
+        ("cdp_frobenius", "dp"),
+        ("cdp_hinge", "dp"),
+        ("cdp_frobenius", "dp_x0"),
+        ("cdp_hinge", "dp_x0"),
+    ):
         a, dp = agg.get((task, pol, fraction)), agg.get((task, base, fraction))
         if a is None or dp is None:
             continue
@@ -59,10 +63,12 @@ def verdict(agg: dict, task: str, fraction: float) -> str:
         else:
             word = "ties (95 % intervals overlap)"
         diff = 100 * (a["success"] - dp["success"])
-        out.append(f"{label(pol)} vs {label(base)}: {word} on success ({diff:+.0f} points; reward "
-                   f"{_fmt(a['reward'], '.2f')} vs {_fmt(dp['reward'], '.2f')}; action variance "
-                   f"{_fmt(a['action_var'], '.3g')} vs {_fmt(dp['action_var'], '.3g')}; separation ratio "
-                   f"{_fmt(a['sep_median'], '.3g')} vs {_fmt(dp['sep_median'], '.3g')})")
+        out.append(
+            f"{label(pol)} vs {label(base)}: {word} on success ({diff:+.0f} points; reward "
+            f"{_fmt(a['reward'], '.2f')} vs {_fmt(dp['reward'], '.2f')}; action variance "
+            f"{_fmt(a['action_var'], '.3g')} vs {_fmt(dp['action_var'], '.3g')}; separation ratio "
+            f"{_fmt(a['sep_median'], '.3g')} vs {_fmt(dp['sep_median'], '.3g')})"
+        )
     if not out:
         return ""
     return f"- {int(fraction * 100)} % data: " + "; ".join(out) + "."
@@ -71,7 +77,12 @@ def verdict(agg: dict, task: str, fraction: float) -> str:
 def summary_lines(agg: dict) -> list[str]:
     """Counts over all (task, fraction) pairs: success wins / ties / losses, and the paper's other claims."""
     out = ["### Summary over all tasks and data fractions", ""]
-    for pol, base in (("cdp_frobenius", "dp"), ("cdp_hinge", "dp"), ("cdp_frobenius", "dp_x0"), ("cdp_hinge", "dp_x0")):
+    for pol, base in (
+        ("cdp_frobenius", "dp"),
+        ("cdp_hinge", "dp"),
+        ("cdp_frobenius", "dp_x0"),
+        ("cdp_hinge", "dp_x0"),
+    ):
         pairs = [(k, agg[(k[0], base, k[2])]) for k in agg if k[1] == pol and (k[0], base, k[2]) in agg]
         if not pairs:
             continue
@@ -99,26 +110,35 @@ def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str
         f"- Command(s), in order, all into one matrix directory: {meta.get('commands_md') or '`' + meta['command'] + '`'}",
         f"- Card: {meta['card']}",
         f"- Date: {meta['date']}; total wall time {meta.get('wall', '?')}",
-        (f"- Profile `{profile['name']}`: {profile['steps']} training steps, batch {profile['batch_size']}, "
-        f"UNet down_dims {profile['down_dims']}, lr {profile['lr']} (no warm-up), horizon {profile['horizon']}, "
-        f"n_action_steps {profile['n_action_steps']}; seeds {profile['seeds']}; data fractions "
-        f"{[int(f * 100) for f in profile['fractions']]} % (random *episode* subsets, seed 42+seed, same subset for "
-        "every policy); expert datasets from `cdp_plugin.data.generate` "
-        f"({', '.join(f'{k} {v} episodes' for k, v in profile['dataset_episodes'].items() if k in profile['tasks'])})."),
-        (f"- Every policy is evaluated with the same deterministic sampler: DDIM (eta = 0), "
-        f"{profile['num_inference_steps']} steps (`diffusion` has only DDPM/DDIM; cdp's default is DPM-Solver++). "
-        "DP is LeRobot's `diffusion` with its defaults (epsilon prediction); CDP is `cdp` (x0 prediction, "
-        "penalty weight 0.1, margin 0.1). DP-x0, where present, is `cdp` with `--policy.contraction_loss=none`: the "
-        "x0 parameterisation without the penalty, which separates the penalty's effect from the parameterisation's."),
+        (
+            f"- Profile `{profile['name']}`: {profile['steps']} training steps, batch {profile['batch_size']}, "
+            f"UNet down_dims {profile['down_dims']}, lr {profile['lr']} (no warm-up), horizon {profile['horizon']}, "
+            f"n_action_steps {profile['n_action_steps']}; seeds {profile['seeds']}; data fractions "
+            f"{[int(f * 100) for f in profile['fractions']]} % (random *episode* subsets, seed 42+seed, same subset for "
+            "every policy); expert datasets from `cdp_plugin.data.generate` "
+            f"({', '.join(f'{k} {v} episodes' for k, v in profile['dataset_episodes'].items() if k in profile['tasks'])})."
+        ),
+        (
+            f"- Every policy is evaluated with the same deterministic sampler: DDIM (eta = 0), "
+            f"{profile['num_inference_steps']} steps (`diffusion` has only DDPM/DDIM; cdp's default is DPM-Solver++). "
+            "DP is LeRobot's `diffusion` with its defaults (epsilon prediction); CDP is `cdp` (x0 prediction, "
+            "penalty weight 0.1, margin 0.1). DP-x0, where present, is `cdp` with `--policy.contraction_loss=none`: the "
+            "x0 parameterisation without the penalty, which separates the penalty's effect from the parameterisation's."
+        ),
         COLUMNS,
         "",
     ]
     tasks = [t for t in profile["tasks"] if any(k[0] == t for k in agg)]
     for task in tasks:
-        lines += [f"### {task} (`--env.type={TASKS[task].env_type}`)", "",
-                  ("| policy | data | success % [95 % CI] (per seed) | reward (per seed) | action var | sep. ratio | "
-                  "λ-viol | λ_max(t=0) | step time ×DP | latency ms |"),
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {task} (`--env.type={TASKS[task].env_type}`)",
+            "",
+            (
+                "| policy | data | success % [95 % CI] (per seed) | reward (per seed) | action var | sep. ratio | "
+                "λ-viol | λ_max(t=0) | step time ×DP | latency ms |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for frac in profile["fractions"]:
             for pol in profile["policies"]:
                 a = agg.get((task, pol, frac))
@@ -144,21 +164,32 @@ def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str
     for t, why in skipped.items():
         lines += [f"### {t}: skipped", "", f"{why}.", ""]
     if failed:
-        lines += ["### Failed cells", "", *[f"- `{c}` (see `logs/{c}.error.txt` in the output directory)" for c in failed], ""]
+        lines += [
+            "### Failed cells",
+            "",
+            *[f"- `{c}` (see `logs/{c}.error.txt` in the output directory)" for c in failed],
+            "",
+        ]
     lines += [
-        ("Plots: `benchmarks/plots/success_vs_fraction.png`, `action_variance.png`, `separation_ratio.png` "
-        "(over training), `lambda_max_vs_noise.png`."),
+        (
+            "Plots: `benchmarks/plots/success_vs_fraction.png`, `action_variance.png`, `separation_ratio.png` "
+            "(over training), `lambda_max_vs_noise.png`."
+        ),
         "",
-        (f"Caveats: profile `{profile['name']}` trains for {profile['steps']} steps; with few evaluation episodes per "
-        "seed the success intervals are wide, so many differences in success are ties. The sampler-level metrics "
-        "(variance, separation ratio, λ) are far less noisy and show what training does to the sampler."),
+        (
+            f"Caveats: profile `{profile['name']}` trains for {profile['steps']} steps; with few evaluation episodes per "
+            "seed the success intervals are wide, so many differences in success are ties. The sampler-level metrics "
+            "(variance, separation ratio, λ) are far less noisy and show what training does to the sampler."
+        ),
         "",
-        ("Parameterisation: DP is an epsilon network, CDP an x0 network. The DP-x0 rows (same x0 network, no "
-         "penalty) show how much of each CDP-vs-DP difference is due to the parameterisation and how much to the "
-         "penalty: compare CDP with DP-x0 for the penalty's own effect."
-         if any(k[1] == "dp_x0" for k in agg) else
-         "Parameterisation: DP is an epsilon network, CDP an x0 network, so CDP-vs-DP differences mix the "
-         "penalty's effect with the parameterisation's; add the control with `cdp-bench <profile> --policies dp_x0`."),
+        (
+            "Parameterisation: DP is an epsilon network, CDP an x0 network. The DP-x0 rows (same x0 network, no "
+            "penalty) show how much of each CDP-vs-DP difference is due to the parameterisation and how much to the "
+            "penalty: compare CDP with DP-x0 for the penalty's own effect."
+            if any(k[1] == "dp_x0" for k in agg)
+            else "Parameterisation: DP is an epsilon network, CDP an x0 network, so CDP-vs-DP differences mix the "
+            "penalty's effect with the parameterisation's; add the control with `cdp-bench <profile> --policies dp_x0`."
+        ),
     ]
     return "\n".join(lines)
 
@@ -166,9 +197,11 @@ def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str
 def compact_table(agg: dict) -> str:
     rows = ["task | policy | data | success % [CI] | reward | act.var | sep | step×DP"]
     for (task, pol, frac), a in sorted(agg.items()):
-        rows.append(f"{task} | {pol} | {int(frac * 100)}% | {100 * a['success']:.0f} [{100 * a['ci'][0]:.0f},"
-                    f"{100 * a['ci'][1]:.0f}] | {_fmt(a['reward'], '.2f')} | {_fmt(a['action_var'], '.3g')} | "
-                    f"{_fmt(a['sep_median'], '.3g')} | {_fmt(a['time_ratio'], '.2f')}")
+        rows.append(
+            f"{task} | {pol} | {int(frac * 100)}% | {100 * a['success']:.0f} [{100 * a['ci'][0]:.0f},"
+            f"{100 * a['ci'][1]:.0f}] | {_fmt(a['reward'], '.2f')} | {_fmt(a['action_var'], '.3g')} | "
+            f"{_fmt(a['sep_median'], '.3g')} | {_fmt(a['time_ratio'], '.2f')}"
+        )
     return "\n".join(rows)
 
 
@@ -198,11 +231,13 @@ def vs_control(a: dict, ref: dict) -> str:
         succ = "success ties (intervals overlap)"
     viol = _range_sep(a["viol_low_per_seed"], ref["viol_low_per_seed"])
     var = (a["action_var"] or 0) / ref["action_var"] if ref["action_var"] else float("nan")
-    return (f"{succ} ({100 * (a['success'] - ref['success']):+.0f} points); λ-viol at t/T < {LOW_NOISE}: {viol} "
-            f"(seed ranges {_fmt(min(a['viol_low_per_seed'], default=None), '.2f')}–"
-            f"{_fmt(max(a['viol_low_per_seed'], default=None), '.2f')} vs "
-            f"{_fmt(min(ref['viol_low_per_seed'], default=None), '.2f')}–"
-            f"{_fmt(max(ref['viol_low_per_seed'], default=None), '.2f')}); action variance {var:.2f}× DP-x0's")
+    return (
+        f"{succ} ({100 * (a['success'] - ref['success']):+.0f} points); λ-viol at t/T < {LOW_NOISE}: {viol} "
+        f"(seed ranges {_fmt(min(a['viol_low_per_seed'], default=None), '.2f')}–"
+        f"{_fmt(max(a['viol_low_per_seed'], default=None), '.2f')} vs "
+        f"{_fmt(min(ref['viol_low_per_seed'], default=None), '.2f')}–"
+        f"{_fmt(max(ref['viol_low_per_seed'], default=None), '.2f')}); action variance {var:.2f}× DP-x0's"
+    )
 
 
 DEFAULT_RULE = (
@@ -220,8 +255,11 @@ def pick_default(agg: dict, task: str, fraction: float = 0.1) -> str | None:
         return None
     best_lo = max(a["ci"][0] for a in rows.values())
     ref_var = rows["dp_x0"]["action_var"] or 0.0
-    ok = [(a["viol_low"] if a["viol_low"] is not None else 1.0, a["gamma"] or 0.0, p) for p, a in rows.items()
-          if a["penalty"] and a["ci"][1] >= best_lo and (a["action_var"] or 0.0) >= 0.5 * ref_var]
+    ok = [
+        (a["viol_low"] if a["viol_low"] is not None else 1.0, a["gamma"] or 0.0, p)
+        for p, a in rows.items()
+        if a["penalty"] and a["ci"][1] >= best_lo and (a["action_var"] or 0.0) >= 0.5 * ref_var
+    ]
     return min(ok)[2] if ok else None
 
 
@@ -232,40 +270,55 @@ def penalty_markdown(agg: dict, profile: dict, meta: dict, failed: list[str], pl
         "",
         f"- Command(s), in order, all into one matrix directory: {meta.get('commands_md') or '`' + meta['command'] + '`'}",
         f"- Card: {meta['card']}; date {meta['date']}; wall time {meta.get('wall', '?')}",
-        (f"- Profile `{profile['name']}`: {profile['steps']} training steps, batch {profile['batch_size']}, UNet "
-        f"down_dims {profile['down_dims']}, lr {profile['lr']}; seeds {profile['seeds']}; data fractions "
-        f"{[int(f * 100) for f in profile['fractions']]} % (episode subsets, seed 42+seed); evaluation: DDIM "
-        f"(eta 0) with {profile['num_inference_steps']} steps, and {sorted(profile.get('eval_steps') or [])} steps "
-        "for success vs steps, same episodes."),
-        ("- CDP variants are `cdp` with `--policy.contraction_normalization=per_dim` (the penalty is the mean squared "
-        "singular value of w_t (J_x0 + βI): γ means the same at every D; γ_per_dim = γ_paper / D) and the flags "
-        "in the variant's name (γ, and `--policy.contraction_noise_window=[0,0.1]` for the low-noise rows). DP-x0 "
-        "is `cdp` with `--policy.contraction_loss=none`."),
+        (
+            f"- Profile `{profile['name']}`: {profile['steps']} training steps, batch {profile['batch_size']}, UNet "
+            f"down_dims {profile['down_dims']}, lr {profile['lr']}; seeds {profile['seeds']}; data fractions "
+            f"{[int(f * 100) for f in profile['fractions']]} % (episode subsets, seed 42+seed); evaluation: DDIM "
+            f"(eta 0) with {profile['num_inference_steps']} steps, and {sorted(profile.get('eval_steps') or [])} steps "
+            "for success vs steps, same episodes."
+        ),
+        (
+            "- CDP variants are `cdp` with `--policy.contraction_normalization=per_dim` (the penalty is the mean squared "
+            "singular value of w_t (J_x0 + βI): γ means the same at every D; γ_per_dim = γ_paper / D) and the flags "
+            "in the variant's name (γ, and `--policy.contraction_noise_window=[0,0.1]` for the low-noise rows). DP-x0 "
+            "is `cdp` with `--policy.contraction_loss=none`."
+        ),
         COLUMNS.replace("- Columns:", "- Columns (as in the matrix):"),
-        (f"- λ-viol low = the same at the sampler steps with t/T < {LOW_NOISE} (DDIM-10: the last step, t = 0); route "
-        "share = share of the minority route among rollouts whose start and goal have two equally short routes "
-        "(0.5 = both, as the expert; 0 = collapsed onto one)."),
+        (
+            f"- λ-viol low = the same at the sampler steps with t/T < {LOW_NOISE} (DDIM-10: the last step, t = 0); route "
+            "share = share of the minority route among rollouts whose start and goal have two equally short routes "
+            "(0.5 = both, as the expert; 0 = collapsed onto one)."
+        ),
         "",
     ]
     tasks = [t for t in profile["tasks"] if any(k[0] == t for k in agg)]
     for task in tasks:
         steps = sorted({k for a in agg.values() for k in a["success_by_steps"]})
-        lines += [f"### {task}", "",
-                  "| policy | γ | window | data | success % [95 % CI] (per seed) | "
-                  + " | ".join(f"succ. @{k}" for k in steps)
-                  + " | action var (per seed) | λ-viol all (per seed) | λ-viol low (per seed) | sep. ratio | "
-                    "step time ×DP | route share |",
-                  "|" + "---|" * (11 + len(steps))]
+        lines += [
+            f"### {task}",
+            "",
+            "| policy | γ | window | data | success % [95 % CI] (per seed) | "
+            + " | ".join(f"succ. @{k}" for k in steps)
+            + " | action var (per seed) | λ-viol all (per seed) | λ-viol low (per seed) | sep. ratio | "
+            "step time ×DP | route share |",
+            "|" + "---|" * (11 + len(steps)),
+        ]
         for frac in sorted(profile["fractions"], reverse=True):
             keys = sorted((k for k in agg if k[0] == task and k[2] == frac), key=lambda k: variant_key(k[1]))
             for k in keys:
                 a = agg[k]
-                win = "–" if not a["penalty"] else ("all" if a["noise_window"] == [0.0, 1.0] else str(a["noise_window"]))
+                win = (
+                    "–"
+                    if not a["penalty"]
+                    else ("all" if a["noise_window"] == [0.0, 1.0] else str(a["noise_window"]))
+                )
                 md = a["modes"]
                 lines.append(
                     f"| {label(k[1])} | {_fmt(a['gamma'], 'g') if a['penalty'] else '–'} | {win} | {int(frac * 100)} % | "
                     f"{_pct(a)} ({_seeds([100 * x for x in a['success_per_seed']], '.0f')}; n={a['n_episodes']}) | "
-                    + " | ".join(_pct(a["success_by_steps"][s]) if s in a["success_by_steps"] else "–" for s in steps)
+                    + " | ".join(
+                        _pct(a["success_by_steps"][s]) if s in a["success_by_steps"] else "–" for s in steps
+                    )
                     + f" | {_fmt(a['action_var'], '.3g')} ({_seeds(a['action_var_per_seed'], '.3g')}) | "
                     f"{_fmt(a['viol'], '.2f')} ({_seeds([x or 0 for x in a['viol_per_seed']], '.2f')}) | "
                     f"{_fmt(a['viol_low'], '.2f')} ({_seeds([x or 0 for x in a['viol_low_per_seed']], '.2f')}) | "
@@ -273,23 +326,38 @@ def penalty_markdown(agg: dict, profile: dict, meta: dict, failed: list[str], pl
                     f"{_fmt(md and md['minority_share'], '.2f')}{f' (n={md[chr(110)]})' if md else ''} |"
                 )
         lines.append("")
-        lines.append("Against DP-x0 (same task, data fraction and seeds; a win only where intervals separate):")
+        lines.append(
+            "Against DP-x0 (same task, data fraction and seeds; a win only where intervals separate):"
+        )
         for frac in sorted(profile["fractions"], reverse=True):
             ref = agg.get((task, "dp_x0", frac))
             if ref is None:
                 continue
-            for k in sorted((k for k in agg if k[0] == task and k[2] == frac and agg[k]["penalty"]),
-                            key=lambda k: variant_key(k[1])):
+            for k in sorted(
+                (k for k in agg if k[0] == task and k[2] == frac and agg[k]["penalty"]),
+                key=lambda k: variant_key(k[1]),
+            ):
                 lines.append(f"- {int(frac * 100)} % data, {label(k[1])}: {vs_control(agg[k], ref)}.")
         choice = pick_default(agg, task)
-        lines += ["", DEFAULT_RULE + f" On {task} it picks: **{choice or 'none (no variant qualifies)'}**.", ""]
+        lines += [
+            "",
+            DEFAULT_RULE + f" On {task} it picks: **{choice or 'none (no variant qualifies)'}**.",
+            "",
+        ]
     pl = plateau([c for a in agg.values() for c in a["cells"]])
     if pl:
-        lines += [("DP training length (success at each checkpoint; 'stopped rising' = the last checkpoint's interval "
-                  "overlaps the best earlier one's):"), ""]
+        lines += [
+            (
+                "DP training length (success at each checkpoint; 'stopped rising' = the last checkpoint's interval "
+                "overlaps the best earlier one's):"
+            ),
+            "",
+        ]
         for p in pl:
             rows = ", ".join(f"{r['step']}: {100 * r['success']:.0f} %" for r in p["rows"])
-            lines.append(f"- `{p['id']}`: {rows} -> {'stopped rising' if p['stopped_rising'] else 'STILL RISING'}")
+            lines.append(
+                f"- `{p['id']}`: {rows} -> {'stopped rising' if p['stopped_rising'] else 'STILL RISING'}"
+            )
         lines.append("")
     if failed:
         lines += ["Failed cells: " + ", ".join(f"`{c}`" for c in failed), ""]

@@ -31,13 +31,21 @@ BIN = Path(sys.executable).parent
 POLICIES: dict[str, list[str]] = {
     "dp": ["--policy.type=diffusion"],
     "cdp_frobenius": ["--policy.type=cdp"],
-    "cdp_hinge": ["--policy.type=cdp", "--policy.contraction_loss=hinge", "--policy.contraction_estimator=lanczos"],
+    "cdp_hinge": [
+        "--policy.type=cdp",
+        "--policy.contraction_loss=hinge",
+        "--policy.contraction_estimator=lanczos",
+    ],
     # control: cdp's x0 ("sample") parameterisation without the penalty, to separate the penalty's effect from
     # the parameterisation change (DP is LeRobot's epsilon network)
     "dp_x0": ["--policy.type=cdp", "--policy.contraction_loss=none"],
 }
-POLICY_LABELS = {"dp": "DP (diffusion)", "cdp_frobenius": "CDP-frobenius", "cdp_hinge": "CDP-hinge",
-                 "dp_x0": "DP-x0 (cdp, no penalty)"}
+POLICY_LABELS = {
+    "dp": "DP (diffusion)",
+    "cdp_frobenius": "CDP-frobenius",
+    "cdp_hinge": "CDP-hinge",
+    "dp_x0": "DP-x0 (cdp, no penalty)",
+}
 DEFAULT_POLICIES = ["dp", "cdp_frobenius", "cdp_hinge"]
 # a variant's base: its policy type (further flags follow it), or any name of POLICIES
 VARIANT_BASES = {"dp": ["--policy.type=diffusion"], "cdp": ["--policy.type=cdp"]}
@@ -77,7 +85,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     """``name=base:--flag=v,--flag2=[a,b]`` (base ``dp``, ``cdp`` or a built-in policy name) -> (name, flags)."""
     name, eq, spec = text.partition("=")
     if not eq:
-        raise ValueError(f"--variant {text!r}: expected name=base:--flag=value,... (e.g. g3=cdp:--policy.contraction_weight=3)")
+        raise ValueError(
+            f"--variant {text!r}: expected name=base:--flag=value,... (e.g. g3=cdp:--policy.contraction_weight=3)"
+        )
     return _variant(name.strip(), spec.strip())
 
 
@@ -104,7 +114,9 @@ def policy_flags(profile: Profile, name: str) -> list[str]:
         return list(profile.variants[name])
     if name in POLICIES:
         return list(POLICIES[name])
-    raise ValueError(f"unknown policy {name!r}; built-in: {sorted(POLICIES)}; variants: {sorted(profile.variants)}")
+    raise ValueError(
+        f"unknown policy {name!r}; built-in: {sorted(POLICIES)}; variants: {sorted(profile.variants)}"
+    )
 
 
 def is_dp(flags: list[str]) -> bool:
@@ -138,7 +150,9 @@ class Profile:
     threads: int = 1
     num_workers: int = 0  # lerobot-train data workers (the CPU profile keeps 0)
     variants: dict[str, list[str]] = field(default_factory=dict)  # name -> lerobot-train flags (--variant)
-    eval_steps: list[int] = field(default_factory=list)  # extra sampling-step counts evaluated (success vs steps)
+    eval_steps: list[int] = field(
+        default_factory=list
+    )  # extra sampling-step counts evaluated (success vs steps)
     mode_episodes: int = 0  # in-process rollouts per cell for mode coverage (tasks with a mode classifier)
     plateau_evals: bool = False  # evaluate DP at every checkpoint: did its success stop rising?
     probe_n_lambda: int = 16  # observations of the per-step lambda profile
@@ -146,40 +160,85 @@ class Profile:
 
     def train_flags(self) -> list[str]:
         return [
-            "--policy.push_to_hub=false", f"--policy.device={self.device}", "--policy.pretrained_backbone_weights=null",
-            f"--policy.horizon={self.horizon}", f"--policy.n_action_steps={self.n_action_steps}",
+            "--policy.push_to_hub=false",
+            f"--policy.device={self.device}",
+            "--policy.pretrained_backbone_weights=null",
+            f"--policy.horizon={self.horizon}",
+            f"--policy.n_action_steps={self.n_action_steps}",
             f"--policy.down_dims=[{','.join(map(str, self.down_dims))}]",
-            f"--policy.diffusion_step_embed_dim={self.embed_dim}", f"--policy.optimizer_lr={self.lr}",
-            "--policy.scheduler_warmup_steps=0", f"--batch_size={self.batch_size}", f"--num_workers={self.num_workers}",
-            "--wandb.enable=false", f"--steps={self.steps}", f"--log_freq={max(1, self.steps // 10)}",
+            f"--policy.diffusion_step_embed_dim={self.embed_dim}",
+            f"--policy.optimizer_lr={self.lr}",
+            "--policy.scheduler_warmup_steps=0",
+            f"--batch_size={self.batch_size}",
+            f"--num_workers={self.num_workers}",
+            "--wandb.enable=false",
+            f"--steps={self.steps}",
+            f"--log_freq={max(1, self.steps // 10)}",
             f"--save_freq={max(1, self.steps // self.n_checkpoints)}",
         ]
 
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
-        name="quick", tasks=["pointmaze", "lift", "pusht"], policies=list(DEFAULT_POLICIES), fractions=[1.0, 0.1],
-        seeds=[0, 1], dataset_episodes={"pointmaze": 50, "lift": 20, "can": 20}, steps=150, batch_size=32,
-        down_dims=[32, 64], embed_dim=32, lr=1e-3, eval_episodes={"pointmaze": 10, "lift": 5, "can": 5},
-        env_episode_length={"pointmaze": 200, "lift": 100, "can": 200}, n_checkpoints=3,
+        name="quick",
+        tasks=["pointmaze", "lift", "pusht"],
+        policies=list(DEFAULT_POLICIES),
+        fractions=[1.0, 0.1],
+        seeds=[0, 1],
+        dataset_episodes={"pointmaze": 50, "lift": 20, "can": 20},
+        steps=150,
+        batch_size=32,
+        down_dims=[32, 64],
+        embed_dim=32,
+        lr=1e-3,
+        eval_episodes={"pointmaze": 10, "lift": 5, "can": 5},
+        env_episode_length={"pointmaze": 200, "lift": 100, "can": 200},
+        n_checkpoints=3,
     ),
     "full": Profile(
-        name="full", tasks=["pointmaze", "lift", "can", "pusht"], policies=list(POLICIES), fractions=[1.0, 0.1],
-        seeds=[0, 1, 2], dataset_episodes={"pointmaze": 200, "lift": 100, "can": 100}, steps=20000, batch_size=64,
-        down_dims=[128, 256, 512], embed_dim=128, lr=1e-4, eval_episodes={"pointmaze": 50, "lift": 50, "can": 50},
-        env_episode_length={"pointmaze": 200, "lift": 200, "can": 400}, device="cuda", n_checkpoints=8, threads=4, num_workers=4,
-        eval_steps=[1, 2, 4, 10], mode_episodes=50, plateau_evals=True,
+        name="full",
+        tasks=["pointmaze", "lift", "can", "pusht"],
+        policies=list(POLICIES),
+        fractions=[1.0, 0.1],
+        seeds=[0, 1, 2],
+        dataset_episodes={"pointmaze": 200, "lift": 100, "can": 100},
+        steps=20000,
+        batch_size=64,
+        down_dims=[128, 256, 512],
+        embed_dim=128,
+        lr=1e-4,
+        eval_episodes={"pointmaze": 50, "lift": 50, "can": 50},
+        env_episode_length={"pointmaze": 200, "lift": 200, "can": 400},
+        device="cuda",
+        n_checkpoints=8,
+        threads=4,
+        num_workers=4,
+        eval_steps=[1, 2, 4, 10],
+        mode_episodes=50,
+        plateau_evals=True,
     ),
     # CPU profile of issue 13: DP (LeRobot `diffusion`) trains long enough for its success to stop rising -- every
     # DP checkpoint is evaluated (`success_over_training`) and the report says whether the last one is still
     # above the earlier ones beyond the intervals --, >= 50 evaluation episodes per cell, 3 seeds, success vs
     # 1 / 2 / 4 / 10 sampling steps, mode coverage from 50 in-process rollouts.
     "standard": Profile(
-        name="standard", tasks=["pointmaze", "lift", "pusht"], policies=["dp", "dp_x0", "cdp_frobenius"],
-        fractions=[1.0, 0.1], seeds=[0, 1, 2], dataset_episodes={"pointmaze": 100, "lift": 50}, steps=3000,
-        batch_size=64, down_dims=[64, 128], embed_dim=64, lr=1e-3, eval_episodes={"pointmaze": 50, "lift": 50, "pusht": 50},
-        env_episode_length={"pointmaze": 200, "lift": 150, "pusht": 300}, n_checkpoints=6, eval_steps=[1, 2, 4, 10],
-        mode_episodes=50, plateau_evals=True,
+        name="standard",
+        tasks=["pointmaze", "lift", "pusht"],
+        policies=["dp", "dp_x0", "cdp_frobenius"],
+        fractions=[1.0, 0.1],
+        seeds=[0, 1, 2],
+        dataset_episodes={"pointmaze": 100, "lift": 50},
+        steps=3000,
+        batch_size=64,
+        down_dims=[64, 128],
+        embed_dim=64,
+        lr=1e-3,
+        eval_episodes={"pointmaze": 50, "lift": 50, "pusht": 50},
+        env_episode_length={"pointmaze": 200, "lift": 150, "pusht": 300},
+        n_checkpoints=6,
+        eval_steps=[1, 2, 4, 10],
+        mode_episodes=50,
+        plateau_evals=True,
     ),
 }
 
@@ -197,14 +256,25 @@ class Cell:
 
 
 def cells_of(profile: Profile) -> list[Cell]:
-    return [Cell(t, p, f, s) for t in profile.tasks if TASKS[t].skip_reason is None
-            for f in profile.fractions for s in profile.seeds for p in profile.policies]
+    return [
+        Cell(t, p, f, s)
+        for t in profile.tasks
+        if TASKS[t].skip_reason is None
+        for f in profile.fractions
+        for s in profile.seeds
+        for p in profile.policies
+    ]
 
 
 def subprocess_env(profile: Profile) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(profile.threads), MKL_NUM_THREADS=str(profile.threads))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        WANDB_MODE="disabled",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS=str(profile.threads),
+        MKL_NUM_THREADS=str(profile.threads),
+    )
     env.setdefault("MUJOCO_GL", "egl")
     return env
 
@@ -214,8 +284,9 @@ def _run(cmd: list[str], log: Path, env: dict[str, str], timeout: float | None =
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(map(str, cmd)) + "\n")
         fh.flush()
-        proc = subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout,
-                              check=False)
+        proc = subprocess.run(
+            [str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False
+        )
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(str(cmd[0])).name} failed ({proc.returncode}); log {log}:\n{text[-3000:]}")
@@ -227,9 +298,23 @@ def ensure_dataset(task: TaskSpec, profile: Profile, out: Path, env: dict[str, s
     n_episodes = profile.dataset_episodes.get(task.name, task.bench.dataset_episodes)
     root = out / "data" / f"{task.name}_{n_episodes}ep"
     if not (root / "meta" / "info.json").is_file():
-        _run([sys.executable, "-m", "cdp_plugin.data.generate", task.name, "--episodes",
-              n_episodes, "--out", root, "--seed", 0, "--overwrite"],
-             out / "logs" / f"generate_{task.name}.log", env)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "cdp_plugin.data.generate",
+                task.name,
+                "--episodes",
+                n_episodes,
+                "--out",
+                root,
+                "--seed",
+                0,
+                "--overwrite",
+            ],
+            out / "logs" / f"generate_{task.name}.log",
+            env,
+        )
     return root
 
 
@@ -260,12 +345,24 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
     episodes = fraction_episodes(root, cell.fraction, cell.seed)
     run_dir = out / "runs" / cell.id
     train_dir = run_dir / "train"
-    record: dict = {"cell": asdict(cell), "id": cell.id, "profile": profile.name, "dataset": str(root),
-                    "episodes": episodes, "policy_flags": policy_flags(profile, cell.policy)}
-    train_cmd = [BIN / "lerobot-train", *policy_flags(profile, cell.policy), *profile.train_flags(),
-                 *task.bench.train_args,
-                 f"--dataset.repo_id=local/{root.name}", f"--dataset.root={root}", f"--output_dir={train_dir}",
-                 f"--seed={1000 + cell.seed}"]
+    record: dict = {
+        "cell": asdict(cell),
+        "id": cell.id,
+        "profile": profile.name,
+        "dataset": str(root),
+        "episodes": episodes,
+        "policy_flags": policy_flags(profile, cell.policy),
+    }
+    train_cmd = [
+        BIN / "lerobot-train",
+        *policy_flags(profile, cell.policy),
+        *profile.train_flags(),
+        *task.bench.train_args,
+        f"--dataset.repo_id=local/{root.name}",
+        f"--dataset.root={root}",
+        f"--output_dir={train_dir}",
+        f"--seed={1000 + cell.seed}",
+    ]
     if episodes is not None:
         train_cmd.append(f"--dataset.episodes=[{','.join(map(str, episodes))}]")
     train_log = run_dir / "train.log"
@@ -276,7 +373,9 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
         _run(train_cmd, train_log, env)
         ckpt = _final_checkpoint(train_dir, profile.steps)
         if ckpt is None:
-            raise RuntimeError(f"lerobot-train finished without a step-{profile.steps} checkpoint in {train_dir}")
+            raise RuntimeError(
+                f"lerobot-train finished without a step-{profile.steps} checkpoint in {train_dir}"
+            )
     record["train_wall_s"] = time.time() - t0
     rows = parse_train_log(train_log.read_text(errors="replace"))
     record["train_log"] = rows
@@ -286,16 +385,29 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
 
     n_eval = profile.eval_episodes.get(cell.task, task.bench.eval_episodes)
     t0 = time.time()
-    record["eval"], record["eval_cmd"] = evaluate(ckpt, cell, profile, run_dir / "eval", n_eval,
-                                                  profile.num_inference_steps, env)
+    record["eval"], record["eval_cmd"] = evaluate(
+        ckpt, cell, profile, run_dir / "eval", n_eval, profile.num_inference_steps, env
+    )
     # success vs number of sampling steps (same episodes and seeds as the main evaluation)
     record["eval_by_steps"] = {str(profile.num_inference_steps): record["eval"]}
     for k in sorted(set(profile.eval_steps) - {profile.num_inference_steps}):
-        record["eval_by_steps"][str(k)], _ = evaluate(ckpt, cell, profile, run_dir / f"eval_k{k}", n_eval, k, env)
+        record["eval_by_steps"][str(k)], _ = evaluate(
+            ckpt, cell, profile, run_dir / f"eval_k{k}", n_eval, k, env
+        )
     if profile.plateau_evals and is_dp(policy_flags(profile, cell.policy)):
         record["success_over_training"] = [
-            {"step": int(ck.name), "successes": evaluate(ck / "pretrained_model", cell, profile, run_dir / f"eval_at_{ck.name}",
-                                                         n_eval, profile.num_inference_steps, env)[0]["successes"]}
+            {
+                "step": int(ck.name),
+                "successes": evaluate(
+                    ck / "pretrained_model",
+                    cell,
+                    profile,
+                    run_dir / f"eval_at_{ck.name}",
+                    n_eval,
+                    profile.num_inference_steps,
+                    env,
+                )[0]["successes"],
+            }
             for ck in sorted((train_dir / "checkpoints").glob("[0-9]*"))
         ]
     record["eval_wall_s"] = time.time() - t0
@@ -304,39 +416,60 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
 
         if cell.task in MODE_CLASSIFIERS:
             t0 = time.time()
-            record["modes"] = mode_coverage(ckpt, cell.task, profile.mode_episodes, profile.num_inference_steps,
-                                            seed=200000 + 1000 * cell.seed,
-                                            episode_length=profile.env_episode_length.get(cell.task, task.bench.env_episode_length))
+            record["modes"] = mode_coverage(
+                ckpt,
+                cell.task,
+                profile.mode_episodes,
+                profile.num_inference_steps,
+                seed=200000 + 1000 * cell.seed,
+                episode_length=profile.env_episode_length.get(cell.task, task.bench.env_episode_length),
+            )
             record["modes_wall_s"] = time.time() - t0
 
     t0 = time.time()
-    ps = probe_settings or ProbeSettings(num_inference_steps=profile.num_inference_steps, seed=cell.seed,
-                                         n_lambda=profile.probe_n_lambda, step_time_repeats=profile.step_time_repeats,
-                                         step_time_batch=profile.batch_size)
+    ps = probe_settings or ProbeSettings(
+        num_inference_steps=profile.num_inference_steps,
+        seed=cell.seed,
+        n_lambda=profile.probe_n_lambda,
+        step_time_repeats=profile.step_time_repeats,
+        step_time_batch=profile.batch_size,
+    )
     record["probe"] = probe_checkpoint(ckpt, root, ps, full=True)
     along = []
     for ck in sorted((train_dir / "checkpoints").glob("[0-9]*")):
         step = int(ck.name)
-        r = record["probe"] if step == profile.steps else probe_checkpoint(ck / "pretrained_model", root, ps, full=False)
+        r = (
+            record["probe"]
+            if step == profile.steps
+            else probe_checkpoint(ck / "pretrained_model", root, ps, full=False)
+        )
         along.append({"step": step, **r["sep_ratio"]})
     record["sep_over_training"] = along
     record["probe_wall_s"] = time.time() - t0
     return record
 
 
-def evaluate(ckpt: Path, cell: Cell, profile: Profile, eval_dir: Path, n_eval: int, steps: int,
-             env: dict[str, str]) -> tuple[dict, str]:
+def evaluate(
+    ckpt: Path, cell: Cell, profile: Profile, eval_dir: Path, n_eval: int, steps: int, env: dict[str, str]
+) -> tuple[dict, str]:
     """``lerobot-eval`` of ``ckpt`` with DDIM-``steps`` (reused when ``eval_dir`` holds a finished run)."""
     task = TASKS[cell.task]
     dp = is_dp(policy_flags(profile, cell.policy))
-    eval_cmd = [BIN / "lerobot-eval", f"--policy.path={ckpt}", f"--policy.device={profile.device}",
-                f"--policy.num_inference_steps={steps}",
-                *(["--policy.noise_scheduler_type=DDIM"] if dp else ["--policy.sampler=ddim"]),
-                f"--env.type={task.env_type}",
-                f"--env.episode_length={profile.env_episode_length.get(cell.task, task.bench.env_episode_length)}",
-                *task.bench.env_args, f"--eval.n_episodes={n_eval}",
-                f"--eval.batch_size={n_eval}", "--eval.use_async_envs=false",
-                f"--output_dir={eval_dir}", f"--seed={100000 + 1000 * cell.seed}"]
+    eval_cmd = [
+        BIN / "lerobot-eval",
+        f"--policy.path={ckpt}",
+        f"--policy.device={profile.device}",
+        f"--policy.num_inference_steps={steps}",
+        *(["--policy.noise_scheduler_type=DDIM"] if dp else ["--policy.sampler=ddim"]),
+        f"--env.type={task.env_type}",
+        f"--env.episode_length={profile.env_episode_length.get(cell.task, task.bench.env_episode_length)}",
+        *task.bench.env_args,
+        f"--eval.n_episodes={n_eval}",
+        f"--eval.batch_size={n_eval}",
+        "--eval.use_async_envs=false",
+        f"--output_dir={eval_dir}",
+        f"--seed={100000 + 1000 * cell.seed}",
+    ]
     if not (eval_dir / "eval_info.json").is_file():
         shutil.rmtree(eval_dir, ignore_errors=True)
         _run(eval_cmd, eval_dir.parent / f"{eval_dir.name}.log", env)

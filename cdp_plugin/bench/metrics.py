@@ -58,8 +58,12 @@ def action_variance(sample_fn: Callable[[Tensor], Tensor], noise: Tensor) -> Ten
     return acts.var(dim=1, unbiased=True).mean(dim=1)
 
 
-def sampler_separation(sample_fn: Callable[[Tensor], Tensor], noise: Tensor, delta: float = 1e-3,
-                       generator: torch.Generator | None = None) -> Tensor:
+def sampler_separation(
+    sample_fn: Callable[[Tensor], Tensor],
+    noise: Tensor,
+    delta: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Separation ratio per sample (``|A(z + delta u) - A(z)| / delta``, unit ``u``); < 1 means contractive.
 
     Thin wrapper over :func:`cdp_plugin.samplers.separation_ratio` (computed in float64 when the noise is).
@@ -93,15 +97,25 @@ def lambda_profile(
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
         xt = a * x0 + s * eps
         lmin, lmax = sym_extreme_eigs(
-            lambda x, tt=tt: denoiser(x, tt), xt, num_iters=num_iters,
-            alpha=torch.full((x0.shape[0],), a, dtype=x0.dtype), sigma=torch.full((x0.shape[0],), s, dtype=x0.dtype),
-            prediction_type=prediction_type, generator=generator,
+            lambda x, tt=tt: denoiser(x, tt),
+            xt,
+            num_iters=num_iters,
+            alpha=torch.full((x0.shape[0],), a, dtype=x0.dtype),
+            sigma=torch.full((x0.shape[0],), s, dtype=x0.dtype),
+            prediction_type=prediction_type,
+            generator=generator,
         )
-        rows.append({
-            "t": int(t), "alpha": a, "sigma": s,
-            "lambda_max_mean": float(lmax.mean()), "lambda_max_max": float(lmax.max()),
-            "lambda_min_mean": float(lmin.mean()), "violation_frac": float((lmax >= a).float().mean()),
-        })
+        rows.append(
+            {
+                "t": int(t),
+                "alpha": a,
+                "sigma": s,
+                "lambda_max_mean": float(lmax.mean()),
+                "lambda_max_max": float(lmax.max()),
+                "lambda_min_mean": float(lmin.mean()),
+                "violation_frac": float((lmax >= a).float().mean()),
+            }
+        )
     return rows
 
 
@@ -132,22 +146,39 @@ def step_lambda_profile(
         s = float((1 - ac[t]).sqrt())
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
         lmin, lmax = sym_extreme_eigs(
-            lambda x, tt=tt: denoiser(x, tt), a * x0 + s * eps, num_iters=num_iters,
-            alpha=torch.full((x0.shape[0],), a, dtype=x0.dtype), sigma=torch.full((x0.shape[0],), s, dtype=x0.dtype),
-            prediction_type=prediction_type, generator=generator,
+            lambda x, tt=tt: denoiser(x, tt),
+            a * x0 + s * eps,
+            num_iters=num_iters,
+            alpha=torch.full((x0.shape[0],), a, dtype=x0.dtype),
+            sigma=torch.full((x0.shape[0],), s, dtype=x0.dtype),
+            prediction_type=prediction_type,
+            generator=generator,
         )
         up, lo = lmax >= b.upper, lmin <= b.lower
-        rows.append({
-            "t": t, "s": b.s, "alpha": a, "sigma": s, "lower": b.lower, "upper": b.upper, "n": int(x0.shape[0]),
-            "lambda_max_mean": float(lmax.mean()), "lambda_max_max": float(lmax.max()),
-            "lambda_min_mean": float(lmin.mean()), "lambda_min_min": float(lmin.min()),
-            "violation_frac": float((up | lo).float().mean()), "violation_upper_frac": float(up.float().mean()),
-            "violation_alpha_frac": float((lmax >= a).float().mean()),
-        })
+        rows.append(
+            {
+                "t": t,
+                "s": b.s,
+                "alpha": a,
+                "sigma": s,
+                "lower": b.lower,
+                "upper": b.upper,
+                "n": int(x0.shape[0]),
+                "lambda_max_mean": float(lmax.mean()),
+                "lambda_max_max": float(lmax.max()),
+                "lambda_min_mean": float(lmin.mean()),
+                "lambda_min_min": float(lmin.min()),
+                "violation_frac": float((up | lo).float().mean()),
+                "violation_upper_frac": float(up.float().mean()),
+                "violation_alpha_frac": float((lmax >= a).float().mean()),
+            }
+        )
     return rows
 
 
-def interleaved_step_times(fns: dict[str, Callable[[], object]], repeats: int = 8, warmup: int = 2) -> dict[str, float]:
+def interleaved_step_times(
+    fns: dict[str, Callable[[], object]], repeats: int = 8, warmup: int = 2
+) -> dict[str, float]:
     """Median seconds of each callable, measured round-robin (``a b a b ...``) so that load on a shared machine
     hits every callable alike; ``warmup`` rounds are dropped."""
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -171,7 +202,7 @@ def parse_train_log(text: str) -> list[dict[str, float]]:
         if " step:" not in line or "loss:" not in line:
             continue
         row = {}
-        for k, v, suf in _LOG_KV.findall(line[line.index(" step:"):]):
+        for k, v, suf in _LOG_KV.findall(line[line.index(" step:") :]):
             try:
                 row[k] = float(v) * _SUFFIX[suf]
             except ValueError:

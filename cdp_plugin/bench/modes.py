@@ -49,12 +49,17 @@ def coverage(episodes: list[tuple[str | None, str | None]], multimodal: set[str]
     decided = [m for s, m in episodes if s in multimodal and m is not None]
     counts = Counter(decided)
     minority = min(counts.values()) / len(decided) if len(counts) >= 2 else 0.0
-    return {"per_situation": {k: dict(v) for k, v in per.items()}, "multimodal_n": len(decided),
-            "multimodal_counts": dict(counts), "minority_share": minority if decided else None}
+    return {
+        "per_situation": {k: dict(v) for k, v in per.items()},
+        "multimodal_n": len(decided),
+        "multimodal_counts": dict(counts),
+        "minority_share": minority if decided else None,
+    }
 
 
-def mode_coverage(ckpt: str | Path, task: str, n_episodes: int, num_inference_steps: int, seed: int,
-                  episode_length: int) -> dict:
+def mode_coverage(
+    ckpt: str | Path, task: str, n_episodes: int, num_inference_steps: int, seed: int, episode_length: int
+) -> dict:
     """Roll the checkpoint out ``n_episodes`` times in-process (LeRobot's own ``rollout``, DDIM sampler) and
     classify every episode with the task's classifier."""
     import torch
@@ -79,8 +84,16 @@ def mode_coverage(ckpt: str | Path, task: str, n_episodes: int, num_inference_st
     env_pre, env_post = make_env_pre_post_processors(env_cfg=env_cfg, policy_cfg=cfg)
     try:
         with torch.no_grad():
-            data = rollout(vec, policy, env_pre, env_post, pre, post, seeds=list(range(seed, seed + n_episodes)),
-                           return_observations=True)
+            data = rollout(
+                vec,
+                policy,
+                env_pre,
+                env_post,
+                pre,
+                post,
+                seeds=list(range(seed, seed + n_episodes)),
+                return_observations=True,
+            )
     finally:
         vec.close()
     obs = data["observation"]

@@ -10,7 +10,30 @@ from pathlib import Path
 from cdp_plugin.bench.aggregate import label
 
 COLORS = {"dp": "tab:gray", "cdp_frobenius": "tab:blue", "cdp_hinge": "tab:orange", "dp_x0": "tab:green"}
-LAMBDA_TICKS = (-10, -5, -2, -1, -0.5, -0.2, 0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 20, 50, 100)
+LAMBDA_TICKS = (
+    -10,
+    -5,
+    -2,
+    -1,
+    -0.5,
+    -0.2,
+    0,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.7,
+    1,
+    1.5,
+    2,
+    3,
+    5,
+    10,
+    20,
+    50,
+    100,
+)
 
 
 def color(policy: str, i: int = 0) -> str:
@@ -26,7 +49,9 @@ def _plt():
     return plt
 
 
-def _per_task(agg: dict, profile: dict, path: Path, title: str, draw: Callable, legend_size: float = 8) -> Path:
+def _per_task(
+    agg: dict, profile: dict, path: Path, title: str, draw: Callable, legend_size: float = 8
+) -> Path:
     """One panel per task, ``draw(ax, task)`` fills it; saved to ``path``."""
     plt = _plt()
     tasks = [t for t in profile["tasks"] if any(k[0] == t for k in agg)]
@@ -58,19 +83,32 @@ def plot_success_vs_fraction(agg: dict, profile: dict, path: Path) -> Path:
 
     def draw(ax, task):
         for j, pol in enumerate(_pols(agg, profile)):
-            pts = [(100 * f * (1 + 0.04 * (j - 1)), agg[(task, pol, f)]) for f in fracs if (task, pol, f) in agg]
+            pts = [
+                (100 * f * (1 + 0.04 * (j - 1)), agg[(task, pol, f)]) for f in fracs if (task, pol, f) in agg
+            ]
             if pts:
-                ax.errorbar([x for x, _ in pts], [100 * a["success"] for _, a in pts],
-                            yerr=list(zip(*[_ci_err(a) for _, a in pts])), marker="o", capsize=4,
-                            color=color(pol, j), label=label(pol))
+                ax.errorbar(
+                    [x for x, _ in pts],
+                    [100 * a["success"] for _, a in pts],
+                    yerr=list(zip(*[_ci_err(a) for _, a in pts])),
+                    marker="o",
+                    capsize=4,
+                    color=color(pol, j),
+                    label=label(pol),
+                )
         ax.set_xscale("log")
         ax.set_xticks([100 * f for f in fracs], [f"{int(100 * f)} %" for f in fracs])
         ax.set_ylim(-5, 105)
         ax.set_xlabel("training data fraction (% of expert episodes)")
         ax.set_ylabel("success rate (%), 95 % Wilson CI")
 
-    return _per_task(agg, profile, path, f"Success vs data fraction ({profile['name']} profile, seeds "
-                     f"{profile['seeds']})", draw)
+    return _per_task(
+        agg,
+        profile,
+        path,
+        f"Success vs data fraction ({profile['name']} profile, seeds {profile['seeds']})",
+        draw,
+    )
 
 
 def plot_action_variance(agg: dict, profile: dict, path: Path) -> Path:
@@ -86,15 +124,23 @@ def plot_action_variance(agg: dict, profile: dict, path: Path) -> Path:
                     continue
                 x = i + (j - (len(pols) - 1) / 2) * width
                 ax.bar(x, a["action_var"], width, color=color(pol, j), label=label(pol) if i == 0 else None)
-                ax.scatter([x] * len(a["action_var_per_seed"]), a["action_var_per_seed"], color="k", s=10, zorder=3)
+                ax.scatter(
+                    [x] * len(a["action_var_per_seed"]), a["action_var_per_seed"], color="k", s=10, zorder=3
+                )
         ax.set_xticks(range(len(fracs)), [f"{int(100 * f)} % data" for f in fracs])
         ax.set_yscale("log")
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, hi * 4)  # room for the legend
         ax.set_ylabel("action variance per observation\n(normalised action units², log)")
 
-    return _per_task(agg, profile, path, f"Per-observation action variance, DDIM-{profile['num_inference_steps']} "
-                     "(bars: seed mean, dots: seeds)", draw)
+    return _per_task(
+        agg,
+        profile,
+        path,
+        f"Per-observation action variance, DDIM-{profile['num_inference_steps']} "
+        "(bars: seed mean, dots: seeds)",
+        draw,
+    )
 
 
 def plot_separation_over_training(agg: dict, profile: dict, path: Path) -> Path:
@@ -109,15 +155,27 @@ def plot_separation_over_training(agg: dict, profile: dict, path: Path) -> Path:
                     for r in c["sep_over_training"]:
                         by_step[r["step"]].append(r["median"])
                 steps = sorted(by_step)
-                ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], marker="o", color=color(pol, j),
-                        linestyle="-" if f >= 1 else "--", label=f"{label(pol)}, {int(100 * f)} %")
+                ax.plot(
+                    steps,
+                    [statistics.fmean(by_step[s]) for s in steps],
+                    marker="o",
+                    color=color(pol, j),
+                    linestyle="-" if f >= 1 else "--",
+                    label=f"{label(pol)}, {int(100 * f)} %",
+                )
         ax.axhline(1.0, color="k", lw=0.8, ls=":")
         ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.set_ylabel("separation ratio |ΔA| / |Δz| (median, log)")
 
-    return _per_task(agg, profile, path, "Sampler separation ratio over training (< 1: contractive; seed mean)",
-                     draw, legend_size=7)
+    return _per_task(
+        agg,
+        profile,
+        path,
+        "Sampler separation ratio over training (< 1: contractive; seed mean)",
+        draw,
+        legend_size=7,
+    )
 
 
 def _lambda_axis(ax) -> str:
@@ -129,8 +187,11 @@ def _lambda_axis(ax) -> str:
         ax.set_yscale("symlog", linthresh=0.1)
     if ys:
         lo, hi = min(ys), max(ys)
-        ticks = [t for t in LAMBDA_TICKS
-                 if lo * (0.9 if lo > 0 else 1.1) <= t <= hi * 1.1 and (scale == "symlog" or t > 0)]
+        ticks = [
+            t
+            for t in LAMBDA_TICKS
+            if lo * (0.9 if lo > 0 else 1.1) <= t <= hi * 1.1 and (scale == "symlog" or t > 0)
+        ]
         ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
     return scale
@@ -150,17 +211,32 @@ def plot_lambda_vs_noise(agg: dict, profile: dict, path: Path) -> Path:
                         by_t[r["t"]].append(r["lambda_max_mean"])
                         bounds[r["t"]] = r.get("upper", r["alpha"])
                 ts = sorted(by_t)
-                ax.plot(ts, [statistics.fmean(by_t[t]) for t in ts], marker="o", ms=3, color=color(pol, j),
-                        linestyle="-" if f >= 1 else "--", label=f"{label(pol)}, {int(100 * f)} %")
+                ax.plot(
+                    ts,
+                    [statistics.fmean(by_t[t]) for t in ts],
+                    marker="o",
+                    ms=3,
+                    color=color(pol, j),
+                    linestyle="-" if f >= 1 else "--",
+                    label=f"{label(pol)}, {int(100 * f)} %",
+                )
         if bounds:
             ts = sorted(bounds)
-            ax.plot(ts, [bounds[t] for t in ts], color="k", lw=1.5, ls=":", label="step's upper contraction bound")
+            ax.plot(
+                ts, [bounds[t] for t in ts], color="k", lw=1.5, ls=":", label="step's upper contraction bound"
+            )
         scale = _lambda_axis(ax)
         ax.set_xlabel("noise level: training timestep t (of 100; DDIM-10 grid)")
         ax.set_ylabel(f"λ_max(sym J_x0) (dimensionless, {scale})")
 
-    return _per_task(agg, profile, path, "λ_max(sym J_x0) per sampler step (the step contracts below the bound)",
-                     draw, legend_size=7)
+    return _per_task(
+        agg,
+        profile,
+        path,
+        "λ_max(sym J_x0) per sampler step (the step contracts below the bound)",
+        draw,
+        legend_size=7,
+    )
 
 
 def plot_success_vs_steps(agg: dict, profile: dict, path: Path) -> Path:
@@ -172,16 +248,24 @@ def plot_success_vs_steps(agg: dict, profile: dict, path: Path) -> Path:
                     continue
                 ks = sorted(a["success_by_steps"])
                 st = [a["success_by_steps"][k] for k in ks]
-                ax.errorbar([k * (1 + 0.03 * j) for k in ks], [100 * s["success"] for s in st],
-                            yerr=list(zip(*[_ci_err(s) for s in st])), marker="o", capsize=3, color=color(pol, j),
-                            linestyle="-" if f >= 1 else "--", label=f"{label(pol)}, {int(100 * f)} %")
+                ax.errorbar(
+                    [k * (1 + 0.03 * j) for k in ks],
+                    [100 * s["success"] for s in st],
+                    yerr=list(zip(*[_ci_err(s) for s in st])),
+                    marker="o",
+                    capsize=3,
+                    color=color(pol, j),
+                    linestyle="-" if f >= 1 else "--",
+                    label=f"{label(pol)}, {int(100 * f)} %",
+                )
         ax.set_xscale("log")
         ax.set_ylim(-5, 105)
         ax.set_xlabel("DDIM sampling steps (log)")
         ax.set_ylabel("success rate (%), 95 % Wilson CI")
 
-    return _per_task(agg, profile, path, "Success vs number of sampling steps (pooled over seeds)", draw,
-                     legend_size=6)
+    return _per_task(
+        agg, profile, path, "Success vs number of sampling steps (pooled over seeds)", draw, legend_size=6
+    )
 
 
 def plot_penalty_strength(agg: dict, profile: dict, path: Path) -> Path:
@@ -192,30 +276,56 @@ def plot_penalty_strength(agg: dict, profile: dict, path: Path) -> Path:
     fig, axes = plt.subplots(2, len(tasks), figsize=(max(6.5, 5.5 * len(tasks)), 8), squeeze=False)
     for col, task in enumerate(tasks):
         ax_s, ax_v = axes[0][col], axes[1][col]
-        for fi, f in enumerate(sorted(profile["fractions"], reverse=True)):
+        for f in sorted(profile["fractions"], reverse=True):
             ls = "-" if f >= 1 else "--"
             groups: dict[str, list] = defaultdict(list)
-            for (t, pol, ff), a in agg.items():
+            for (t, _pol, ff), a in agg.items():
                 if t == task and ff == f and a["penalty"] and a["gamma"] is not None:
-                    win = "all noise levels" if a["noise_window"] == [0.0, 1.0] else f"t/T in {a['noise_window']}"
+                    win = (
+                        "all noise levels"
+                        if a["noise_window"] == [0.0, 1.0]
+                        else f"t/T in {a['noise_window']}"
+                    )
                     groups[win].append(a)
             for gi, (win, rows) in enumerate(sorted(groups.items())):
                 rows.sort(key=lambda a: a["gamma"])
                 g = [a["gamma"] for a in rows]
                 c = f"C{gi}"
-                ax_s.errorbar(g, [100 * a["success"] for a in rows], yerr=list(zip(*[_ci_err(a) for a in rows])),
-                              marker="o", capsize=3, color=c, ls=ls, label=f"CDP, {win}, {int(100 * f)} %")
-                ax_v.plot(g, [a["action_var"] for a in rows], marker="o", color=c, ls=ls,
-                          label=f"CDP, {win}, {int(100 * f)} %")
+                ax_s.errorbar(
+                    g,
+                    [100 * a["success"] for a in rows],
+                    yerr=list(zip(*[_ci_err(a) for a in rows])),
+                    marker="o",
+                    capsize=3,
+                    color=c,
+                    ls=ls,
+                    label=f"CDP, {win}, {int(100 * f)} %",
+                )
+                ax_v.plot(
+                    g,
+                    [a["action_var"] for a in rows],
+                    marker="o",
+                    color=c,
+                    ls=ls,
+                    label=f"CDP, {win}, {int(100 * f)} %",
+                )
                 for a in rows:
-                    ax_v.scatter([a["gamma"]] * len(a["action_var_per_seed"]), a["action_var_per_seed"], color=c, s=8)
+                    ax_v.scatter(
+                        [a["gamma"]] * len(a["action_var_per_seed"]), a["action_var_per_seed"], color=c, s=8
+                    )
             ref = agg.get((task, "dp_x0", f))
             if ref is not None:
-                ax_s.axhspan(100 * ref["ci"][0], 100 * ref["ci"][1], color="tab:green", alpha=0.12 if f >= 1 else 0.06)
-                ax_s.axhline(100 * ref["success"], color="tab:green", ls=ls, lw=1, label=f"DP-x0, {int(100 * f)} %")
+                ax_s.axhspan(
+                    100 * ref["ci"][0], 100 * ref["ci"][1], color="tab:green", alpha=0.12 if f >= 1 else 0.06
+                )
+                ax_s.axhline(
+                    100 * ref["success"], color="tab:green", ls=ls, lw=1, label=f"DP-x0, {int(100 * f)} %"
+                )
                 vs = ref["action_var_per_seed"]
                 ax_v.axhspan(min(vs), max(vs), color="tab:green", alpha=0.12 if f >= 1 else 0.06)
-                ax_v.axhline(ref["action_var"], color="tab:green", ls=ls, lw=1, label=f"DP-x0, {int(100 * f)} %")
+                ax_v.axhline(
+                    ref["action_var"], color="tab:green", ls=ls, lw=1, label=f"DP-x0, {int(100 * f)} %"
+                )
         for ax in (ax_s, ax_v):
             ax.set_xscale("log")
             ax.set_xlabel("γ (per-dimension normalisation, log)")
@@ -226,7 +336,9 @@ def plot_penalty_strength(agg: dict, profile: dict, path: Path) -> Path:
         ax_v.set_ylabel("action variance per observation (log)")
         ax_s.set_title(task)
         ax_s.legend(fontsize=6)
-    fig.suptitle("Penalty strength: success and action variance vs γ (bands: DP-x0 interval / seed range)", fontsize=10)
+    fig.suptitle(
+        "Penalty strength: success and action variance vs γ (bands: DP-x0 interval / seed range)", fontsize=10
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -247,6 +359,10 @@ PENALTY_PLOTS = {
 }
 
 
-def make_plots(agg: dict, profile: dict, plots_dir: Path, plots: dict | None = None, prefix: str = "") -> list[Path]:
+def make_plots(
+    agg: dict, profile: dict, plots_dir: Path, plots: dict | None = None, prefix: str = ""
+) -> list[Path]:
     """Write every plot of ``plots`` (default: the matrix plots) into ``plots_dir``; returns the paths."""
-    return [fn(agg, profile, Path(plots_dir) / f"{prefix}{name}") for name, fn in (plots or MATRIX_PLOTS).items()]
+    return [
+        fn(agg, profile, Path(plots_dir) / f"{prefix}{name}") for name, fn in (plots or MATRIX_PLOTS).items()
+    ]

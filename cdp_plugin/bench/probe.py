@@ -80,7 +80,9 @@ def observation_batch(dataset_root: str | Path, cfg, preprocessor, n_obs: int) -
     from torch.utils.data import default_collate
 
     meta = LeRobotDatasetMetadata("local/bench", root=dataset_root)
-    ds = LeRobotDataset("local/bench", root=dataset_root, delta_timestamps=resolve_delta_timestamps(cfg, meta))
+    ds = LeRobotDataset(
+        "local/bench", root=dataset_root, delta_timestamps=resolve_delta_timestamps(cfg, meta)
+    )
     n = len(ds)
     idx = [int(i) for i in torch.linspace(0, n - 1, n_obs + 2)[1:-1].round()]
     batch = default_collate([ds[i] for i in idx])
@@ -91,7 +93,9 @@ def _sampler(model, global_cond):
     @torch.no_grad()
     def run(noise):
         reps = noise.shape[0] // global_cond.shape[0]
-        return model.conditional_sample(noise.shape[0], global_cond=global_cond.repeat_interleave(reps, 0), noise=noise)
+        return model.conditional_sample(
+            noise.shape[0], global_cond=global_cond.repeat_interleave(reps, 0), noise=noise
+        )
 
     return run
 
@@ -119,8 +123,10 @@ def step_time(ckpt: str | Path, batch: dict, settings: ProbeSettings) -> dict:
     cfg = PreTrainedConfig.from_pretrained(str(ckpt))
     cfg.device = "cpu"
     torch.manual_seed(settings.seed)
-    policies = {"policy": get_policy_class(cfg.type).from_pretrained(str(ckpt), config=cfg).train(),
-                "dp": dp_reference(cfg).train()}
+    policies = {
+        "policy": get_policy_class(cfg.type).from_pretrained(str(ckpt), config=cfg).train(),
+        "dp": dp_reference(cfg).train(),
+    }
     b = {k: v[: settings.step_time_batch] for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
     def make_step(p):
@@ -134,12 +140,21 @@ def step_time(ckpt: str | Path, batch: dict, settings: ProbeSettings) -> dict:
 
         return step
 
-    t = interleaved_step_times({k: make_step(p) for k, p in policies.items()}, repeats=settings.step_time_repeats)
-    return {"policy_s": t["policy"], "dp_s": t["dp"], "ratio": t["policy"] / t["dp"],
-            "repeats": settings.step_time_repeats, "batch": int(next(iter(b.values())).shape[0])}
+    t = interleaved_step_times(
+        {k: make_step(p) for k, p in policies.items()}, repeats=settings.step_time_repeats
+    )
+    return {
+        "policy_s": t["policy"],
+        "dp_s": t["dp"],
+        "ratio": t["policy"] / t["dp"],
+        "repeats": settings.step_time_repeats,
+        "batch": int(next(iter(b.values())).shape[0]),
+    }
 
 
-def probe_checkpoint(ckpt: str | Path, dataset_root: str | Path, settings: ProbeSettings, full: bool = True) -> dict:
+def probe_checkpoint(
+    ckpt: str | Path, dataset_root: str | Path, settings: ProbeSettings, full: bool = True
+) -> dict:
     """Action variance, separation ratio, per-step lambda profile, step time and latency of one checkpoint
     (``full=False``: only the separation ratio, for checkpoints along training)."""
     policy, pre, cfg = load_policy(ckpt, settings)
@@ -153,24 +168,41 @@ def probe_checkpoint(ckpt: str | Path, dataset_root: str | Path, settings: Probe
     K = min(settings.n_obs, gc.shape[0])
     run = _sampler(model, gc[:K])
     out: dict = {}
-    sep = sampler_separation(run, torch.randn(K * settings.n_sep, H, A, generator=g), settings.sep_delta, generator=g)
-    out["sep_ratio"] = {"median": float(sep.median()), "p90": float(sep.quantile(0.9)), "mean": float(sep.mean()),
-                        "n": int(sep.numel())}
+    sep = sampler_separation(
+        run, torch.randn(K * settings.n_sep, H, A, generator=g), settings.sep_delta, generator=g
+    )
+    out["sep_ratio"] = {
+        "median": float(sep.median()),
+        "p90": float(sep.quantile(0.9)),
+        "mean": float(sep.mean()),
+        "n": int(sep.numel()),
+    }
     if not full:
         return out
     var = action_variance(run, torch.randn(K, settings.n_samples, H, A, generator=g))
-    out["action_var"] = {"mean": float(var.mean()), "per_obs": [float(v) for v in var], "n_obs": K,
-                         "n_samples": settings.n_samples}
+    out["action_var"] = {
+        "mean": float(var.mean()),
+        "per_obs": [float(v) for v in var],
+        "n_obs": K,
+        "n_samples": settings.n_samples,
+    }
     m = min(settings.n_lambda, gc.shape[0])
     cond = gc[:m]
     out["lambda_profile"] = step_lambda_profile(
-        lambda x, t: model.unet(x, t, global_cond=cond), batch["action"][:m].float(), model.noise_scheduler,
-        settings.eval_sampler, settings.num_inference_steps, cfg.prediction_type,
-        num_iters=settings.lanczos_iters, generator=g,
+        lambda x, t: model.unet(x, t, global_cond=cond),
+        batch["action"][:m].float(),
+        model.noise_scheduler,
+        settings.eval_sampler,
+        settings.num_inference_steps,
+        cfg.prediction_type,
+        num_iters=settings.lanczos_iters,
+        generator=g,
     )
     one = {k: v[:1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
     with torch.no_grad():
-        out["latency_ms"] = median_latency_ms(lambda: model.generate_actions(one), repeats=settings.latency_repeats)
+        out["latency_ms"] = median_latency_ms(
+            lambda: model.generate_actions(one), repeats=settings.latency_repeats
+        )
     if settings.step_time_repeats:
         out["step_time"] = step_time(ckpt, batch, settings)
     out["prediction_type"] = cfg.prediction_type

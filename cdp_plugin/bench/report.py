@@ -21,6 +21,18 @@ from cdp_plugin.bench.results_file import (
 )
 
 __all__ = [
-    "MATRIX_PLOTS", "MATRIX_TAG", "PENALTY_PLOTS", "PENALTY_TAG", "TOY_TAG", "aggregate", "compact_table",
-    "make_plots", "matrix_markdown", "penalty_markdown", "pick_default", "plateau", "replace_section", "verdict",
+    "MATRIX_PLOTS",
+    "MATRIX_TAG",
+    "PENALTY_PLOTS",
+    "PENALTY_TAG",
+    "TOY_TAG",
+    "aggregate",
+    "compact_table",
+    "make_plots",
+    "matrix_markdown",
+    "penalty_markdown",
+    "pick_default",
+    "plateau",
+    "replace_section",
+    "verdict",
 ]

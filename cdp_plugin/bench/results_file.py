@@ -18,7 +18,7 @@ def replace_section(path: Path, tag: str, body: str, header: str = "# Benchmarks
     block = f"{start}\n{body.rstrip()}\n{end}"
     text = path.read_text() if path.is_file() else header
     if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)

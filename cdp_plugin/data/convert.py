@@ -43,7 +43,11 @@ import numpy as np
 from tqdm import tqdm
 
 from cdp_plugin.data.writer import (
-    OutputPathError, atomic_dataset, check_output_path, image_feature, vector_feature,
+    OutputPathError,
+    atomic_dataset,
+    check_output_path,
+    image_feature,
+    vector_feature,
 )
 
 
@@ -125,8 +129,12 @@ def episode_frames(source: str, ep: Episode, keys: KeyMap) -> dict[str, np.ndarr
         if not np.isfinite(out).all():
             t, j = (int(i) for i in np.argwhere(~np.isfinite(out.reshape(n, -1)))[0])
             raise DatasetFormatError(
-                source, f"value {arr.reshape(n, -1)[t, j]!r} at frame {t} is out of float32 range (inf after "
-                "the cast); rescale the data", ep.name, key)
+                source,
+                f"value {arr.reshape(n, -1)[t, j]!r} at frame {t} is out of float32 range (inf after "
+                "the cast); rescale the data",
+                ep.name,
+                key,
+            )
         return out
 
     def vec(key_list: list[str]) -> np.ndarray:
@@ -139,7 +147,8 @@ def episode_frames(source: str, ep: Episode, keys: KeyMap) -> dict[str, np.ndarr
         img = get(k)
         if img.ndim != 4 or img.shape[-1] != 3 or img.dtype.kind not in "uif":
             raise DatasetFormatError(
-                source, f"expected images of shape (T, H, W, 3), got {img.dtype} {img.shape}", ep.name, k)
+                source, f"expected images of shape (T, H, W, 3), got {img.dtype} {img.shape}", ep.name, k
+            )
         frames[keys.image_feature_name(k)] = to_uint8_images(img)
     if "rewards" in raw:
         frames["next.reward"] = f32("rewards", get("rewards").reshape(n, 1))
@@ -201,10 +210,12 @@ def write_lerobot(
         elif ep_feats != feats:
             diff = {k for k in set(feats) | set(ep_feats) if feats.get(k) != ep_feats.get(k)}
             raise DatasetFormatError(
-                source, f"feature shapes differ from the first episode for {sorted(diff)}", ep.name)
+                source, f"feature shapes differ from the first episode for {sorted(diff)}", ep.name
+            )
         lengths.append(len(frames["action"]))
-    with atomic_dataset(out, repo_id=repo_id, fps=fps, features=feats, overwrite=overwrite,
-                        provenance=provenance) as ds:
+    with atomic_dataset(
+        out, repo_id=repo_id, fps=fps, features=feats, overwrite=overwrite, provenance=provenance
+    ) as ds:
         for ep in tqdm(episodes, desc=f"writing {Path(out).name}", unit="ep"):
             frames = episode_frames(source, ep, keys)
             for t in range(len(frames["action"])):
@@ -295,9 +306,16 @@ def robomimic_keymap(obs_info: dict[str, tuple]) -> KeyMap:
     return KeyMap(state_keys=state, env_state_keys=env_state, image_keys=images)
 
 
-def convert_robomimic(path: str | Path, out: str | Path, *, keys: KeyMap | None = None,
-                      filter_key: str | None = None, fps: int | None = None, repo_id: str | None = None,
-                      overwrite: bool = False) -> dict:
+def convert_robomimic(
+    path: str | Path,
+    out: str | Path,
+    *,
+    keys: KeyMap | None = None,
+    filter_key: str | None = None,
+    fps: int | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = False,
+) -> dict:
     """robomimic hdf5 -> LeRobotDataset. ``fps`` defaults to ``env_args.env_kwargs.control_freq`` (else
     20)."""
     path = Path(path)
@@ -306,10 +324,24 @@ def convert_robomimic(path: str | Path, out: str | Path, *, keys: KeyMap | None 
     keys = keys or robomimic_keymap(obs_info)
     fps = fps or int(env_args.get("env_kwargs", {}).get("control_freq", 20))
     task = str(env_args.get("env_name", path.stem))
-    prov = {"converter": "robomimic", "source": str(path.absolute()), "filter_key": filter_key,
-            "keys": keys.__dict__, "env_args": env_args}
-    return write_lerobot(str(path), episodes, keys, Path(out), fps=fps, task=task,
-                         repo_id=repo_id or f"local/{path.stem}", overwrite=overwrite, provenance=prov)
+    prov = {
+        "converter": "robomimic",
+        "source": str(path.absolute()),
+        "filter_key": filter_key,
+        "keys": keys.__dict__,
+        "env_args": env_args,
+    }
+    return write_lerobot(
+        str(path),
+        episodes,
+        keys,
+        Path(out),
+        fps=fps,
+        task=task,
+        repo_id=repo_id or f"local/{path.stem}",
+        overwrite=overwrite,
+        provenance=prov,
+    )
 
 
 # -- diffusion_policy zarr ReplayBuffer --------------------------------------------------------------------
@@ -326,7 +358,8 @@ def _open_zarr(path: Path):
         return zarr.open_group(str(path), mode="r")
     except Exception as e:
         raise DatasetFormatError(
-            src, f"cannot open as a zarr group (corrupt or not a ReplayBuffer?): {e}") from e
+            src, f"cannot open as a zarr group (corrupt or not a ReplayBuffer?): {e}"
+        ) from e
 
 
 def zarr_episodes(path: Path) -> tuple[list[Episode], dict[str, tuple]]:
@@ -345,12 +378,18 @@ def zarr_episodes(path: Path) -> tuple[list[Episode], dict[str, tuple]]:
     total = {k: shape[0] for k, (shape, _) in info.items()}
     if len(ends) and (np.any(np.diff(ends) <= 0) or ends[0] <= 0):
         raise DatasetFormatError(
-            src, f"episode_ends must be strictly increasing and positive, got {ends[:10]}...",
-            key="meta/episode_ends")
+            src,
+            f"episode_ends must be strictly increasing and positive, got {ends[:10]}...",
+            key="meta/episode_ends",
+        )
     for k, n in total.items():
         if len(ends) and n != ends[-1]:
-            raise DatasetFormatError(src, f"has {n} steps but meta/episode_ends ends at {ends[-1]}",
-                                     episode=str(len(ends) - 1), key=f"data/{k}")
+            raise DatasetFormatError(
+                src,
+                f"has {n} steps but meta/episode_ends ends at {ends[-1]}",
+                episode=str(len(ends) - 1),
+                key=f"data/{k}",
+            )
     starts = np.concatenate([[0], ends[:-1]])
 
     def loader(i: int, s: int, e: int) -> Callable[[], dict[str, np.ndarray]]:
@@ -395,11 +434,13 @@ def check_zarr_chunks(path: Path, names: list[str]) -> None:
             shown = ", ".join(f"{k} (rows {lo}-{hi})" for k, lo, hi in miss[:5])
             shown += " ..." if len(miss) > 5 else ""
             raise DatasetFormatError(
-                str(path), f"{len(miss)} chunk(s) missing from the store: {shown}; zarr would read them as "
+                str(path),
+                f"{len(miss)} chunk(s) missing from the store: {shown}; zarr would read them as "
                 f"the fill value {root[name].fill_value!r}. Restore the file, or pass --allow-missing-chunks "
                 "if they were skipped because they hold only the fill value (zarr >= 3 "
                 "write_empty_chunks=False)",
-                key=name)
+                key=name,
+            )
 
 
 def zarr_keymap(info: dict[str, tuple]) -> KeyMap:
@@ -411,9 +452,17 @@ def zarr_keymap(info: dict[str, tuple]) -> KeyMap:
     return KeyMap(state_keys=state, env_state_keys=env_state, image_keys=images)
 
 
-def convert_zarr(path: str | Path, out: str | Path, *, keys: KeyMap | None = None, fps: int = 10,
-                 task: str | None = None, repo_id: str | None = None, overwrite: bool = False,
-                 allow_missing_chunks: bool = False) -> dict:
+def convert_zarr(
+    path: str | Path,
+    out: str | Path,
+    *,
+    keys: KeyMap | None = None,
+    fps: int = 10,
+    task: str | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = False,
+    allow_missing_chunks: bool = False,
+) -> dict:
     """diffusion_policy zarr ReplayBuffer (zarr v2 format, directory or ``.zip``) -> LeRobotDataset.
 
     Arrays with chunks missing from the store are refused unless ``allow_missing_chunks`` (see
@@ -430,8 +479,17 @@ def convert_zarr(path: str | Path, out: str | Path, *, keys: KeyMap | None = Non
         check_zarr_chunks(path, ["meta/episode_ends", *(f"data/{k}" for k in used if k in info)])
     prov = {"converter": "zarr", "source": str(path.absolute()), "keys": keys.__dict__}
     stem = path.name.split(".")[0]
-    return write_lerobot(str(path), episodes, keys, Path(out), fps=fps, task=task or stem,
-                         repo_id=repo_id or f"local/{stem}", overwrite=overwrite, provenance=prov)
+    return write_lerobot(
+        str(path),
+        episodes,
+        keys,
+        Path(out),
+        fps=fps,
+        task=task or stem,
+        repo_id=repo_id or f"local/{stem}",
+        overwrite=overwrite,
+        provenance=prov,
+    )
 
 
 # -- Minari -------------------------------------------------------------------------------------------------
@@ -455,8 +513,10 @@ def minari_episodes(dataset_id: str) -> tuple[list[Episode], dict, int | None]:
     local = minari.list_local_datasets()
     if dataset_id not in local:
         raise DatasetFormatError(
-            dataset_id, f"not a local Minari dataset (local: {sorted(local)}); this converter never "
-            "downloads — set MINARI_DATASETS_PATH or run `minari download` elsewhere")
+            dataset_id,
+            f"not a local Minari dataset (local: {sorted(local)}); this converter never "
+            "downloads — set MINARI_DATASETS_PATH or run `minari download` elsewhere",
+        )
     ds = minari.load_dataset(dataset_id)
     ids = sorted(int(i) for i in ds.episode_indices)
     fps = None
@@ -471,12 +531,17 @@ def minari_episodes(dataset_id: str) -> tuple[list[Episode], dict, int | None]:
                 ep = ds[i]
             except Exception as e:
                 raise DatasetFormatError(
-                    dataset_id, f"cannot read episode ({type(e).__name__}: {e})", str(i)) from e
+                    dataset_id, f"cannot read episode ({type(e).__name__}: {e})", str(i)
+                ) from e
             obs = {k: v[:-1] for k, v in _flatten_minari_obs(ep.observations).items()}  # T+1 observations
             obs = {("observation" if k == "" else k): v for k, v in obs.items()}
             dones = np.logical_or(ep.terminations, ep.truncations)
-            return {**obs, "action": np.asarray(ep.actions), "rewards": np.asarray(ep.rewards),
-                    "dones": dones}
+            return {
+                **obs,
+                "action": np.asarray(ep.actions),
+                "rewards": np.asarray(ep.rewards),
+                "dones": dones,
+            }
 
         return load
 
@@ -490,8 +555,15 @@ def minari_keymap(info: dict) -> KeyMap:
     return KeyMap(state_keys=["observation"], env_state_keys=env_state)
 
 
-def convert_minari(dataset_id: str, out: str | Path, *, keys: KeyMap | None = None, fps: int | None = None,
-                   repo_id: str | None = None, overwrite: bool = False) -> dict:
+def convert_minari(
+    dataset_id: str,
+    out: str | Path,
+    *,
+    keys: KeyMap | None = None,
+    fps: int | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Local Minari dataset -> LeRobotDataset (observation ``t`` paired with action ``t``; the last
     observation dropped)."""
     check_output_path(out, overwrite)
@@ -499,9 +571,17 @@ def convert_minari(dataset_id: str, out: str | Path, *, keys: KeyMap | None = No
     keys = keys or minari_keymap(info)
     fps = fps or int(env_fps or 30)
     prov = {"converter": "minari", "source": dataset_id, "keys": keys.__dict__}
-    return write_lerobot(dataset_id, episodes, keys, Path(out), fps=fps, task=dataset_id,
-                         repo_id=repo_id or f"local/{dataset_id.replace('/', '_')}", overwrite=overwrite,
-                         provenance=prov)
+    return write_lerobot(
+        dataset_id,
+        episodes,
+        keys,
+        Path(out),
+        fps=fps,
+        task=dataset_id,
+        repo_id=repo_id or f"local/{dataset_id.replace('/', '_')}",
+        overwrite=overwrite,
+        provenance=prov,
+    )
 
 
 # -- CLI ----------------------------------------------------------------------------------------------------
@@ -513,8 +593,12 @@ def _keys_from_args(a) -> KeyMap | None:
             raise SystemExit("--env-state-keys/--image-keys need --state-keys as well")
         return None
     split = lambda s: [k for k in (s or "").split(",") if k]  # noqa: E731
-    return KeyMap(state_keys=split(a.state_keys), env_state_keys=split(a.env_state_keys),
-                  image_keys=split(a.image_keys), action_key=a.action_key)
+    return KeyMap(
+        state_keys=split(a.state_keys),
+        env_state_keys=split(a.env_state_keys),
+        image_keys=split(a.image_keys),
+        action_key=a.action_key,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -523,8 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         from cdp_plugin.data.pusht import convert_main
 
         return convert_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m cdp_plugin.data.convert",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cdp_plugin.data.convert", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("format", choices=["robomimic", "zarr", "minari"])
     p.add_argument("source", help="hdf5 file, zarr directory/.zip, or local Minari dataset id")
     p.add_argument("--out", type=Path, required=True)
@@ -533,28 +618,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--filter-key", default=None, help="robomimic: only demos in mask/<key> (e.g. train)")
     p.add_argument("--task", default=None, help="zarr: task string stored with every frame")
     p.add_argument("--state-keys", default=None, help="comma-separated source keys for observation.state")
-    p.add_argument("--env-state-keys", default=None,
-                   help="comma-separated keys for observation.environment_state")
+    p.add_argument(
+        "--env-state-keys", default=None, help="comma-separated keys for observation.environment_state"
+    )
     p.add_argument("--image-keys", default=None, help="comma-separated uint8 image keys")
-    p.add_argument("--action-key", default="action",
-                   help="action key (robomimic: 'actions' is read as 'action')")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it is a dataset this tool wrote (anything else is refused)")
-    p.add_argument("--allow-missing-chunks", action="store_true",
-                   help="zarr: read chunks missing from the store as the fill value instead of refusing")
+    p.add_argument(
+        "--action-key", default="action", help="action key (robomimic: 'actions' is read as 'action')"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it is a dataset this tool wrote (anything else is refused)",
+    )
+    p.add_argument(
+        "--allow-missing-chunks",
+        action="store_true",
+        help="zarr: read chunks missing from the store as the fill value instead of refusing",
+    )
     a = p.parse_args(argv)
     keys = _keys_from_args(a)
     try:
         if a.format == "robomimic":
-            summary = convert_robomimic(a.source, a.out, keys=keys, filter_key=a.filter_key, fps=a.fps,
-                                        repo_id=a.repo_id, overwrite=a.overwrite)
+            summary = convert_robomimic(
+                a.source,
+                a.out,
+                keys=keys,
+                filter_key=a.filter_key,
+                fps=a.fps,
+                repo_id=a.repo_id,
+                overwrite=a.overwrite,
+            )
         elif a.format == "zarr":
-            summary = convert_zarr(a.source, a.out, keys=keys, fps=a.fps or 10, task=a.task,
-                                   repo_id=a.repo_id, overwrite=a.overwrite,
-                                   allow_missing_chunks=a.allow_missing_chunks)
+            summary = convert_zarr(
+                a.source,
+                a.out,
+                keys=keys,
+                fps=a.fps or 10,
+                task=a.task,
+                repo_id=a.repo_id,
+                overwrite=a.overwrite,
+                allow_missing_chunks=a.allow_missing_chunks,
+            )
         else:
-            summary = convert_minari(a.source, a.out, keys=keys, fps=a.fps, repo_id=a.repo_id,
-                                     overwrite=a.overwrite)
+            summary = convert_minari(
+                a.source, a.out, keys=keys, fps=a.fps, repo_id=a.repo_id, overwrite=a.overwrite
+            )
     except (DatasetFormatError, OutputPathError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

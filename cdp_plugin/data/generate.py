@@ -51,7 +51,9 @@ class GenerateConfig:
     seed: int = 0
     noise: float | None = None  # None: the task's default
     images: bool = False
-    sim_task: str | None = None  # PointMaze map (TwoRoutes, UMaze, Open, Medium, Large); None: the task's default
+    sim_task: str | None = (
+        None  # PointMaze map (TwoRoutes, UMaze, Open, Medium, Large); None: the task's default
+    )
     max_steps: int | None = None
     max_attempts: int | None = None  # None: 2 * episodes + 10
     keep_failures: bool = False
@@ -97,7 +99,9 @@ def rollout(env, expert, seed: int, max_steps: int) -> tuple[dict[str, np.ndarra
     obs, _ = env.reset(seed=seed)
     expert.reset(obs)
     keys = {"agent_pos": OBS_STATE, "environment_state": OBS_ENV_STATE, "pixels": OBS_IMAGE}
-    buf: dict[str, list] = {k: [] for k in [*keys.values(), ACTION, "next.reward", "next.success", "next.done"]}
+    buf: dict[str, list] = {
+        k: [] for k in [*keys.values(), ACTION, "next.reward", "next.success", "next.done"]
+    }
     buf = {k: v for k, v in buf.items() if k != OBS_IMAGE or "pixels" in obs}
     success, sim_time = False, 0.0
     for t in range(max_steps):
@@ -144,7 +148,13 @@ def generate_expert_dataset(cfg: GenerateConfig) -> GenerateReport:
     report = GenerateReport(task=cfg.task)
     provenance = {
         "generator": "cdp_plugin.data.generate",
-        "config": {**asdict(cfg), "out": str(cfg.out), "noise": noise, "sim_task": sim_task, "max_steps": max_steps},
+        "config": {
+            **asdict(cfg),
+            "out": str(cfg.out),
+            "noise": noise,
+            "sim_task": sim_task,
+            "max_steps": max_steps,
+        },
         "env_type": spec.env_type,
         "python": platform.python_version(),
     }
@@ -190,29 +200,51 @@ def generate_expert_dataset(cfg: GenerateConfig) -> GenerateReport:
 
 
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
-    p = argparse.ArgumentParser(prog="python -m cdp_plugin.data.generate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m cdp_plugin.data.generate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("task", choices=sorted(TASKS))
     p.add_argument("--episodes", type=int, default=50, help="number of episodes to write")
     p.add_argument("--out", type=Path, required=True, help="output dataset directory (must not exist)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise", type=float, default=None, help="std of Gaussian action noise (default: per task)")
+    p.add_argument(
+        "--noise", type=float, default=None, help="std of Gaussian action noise (default: per task)"
+    )
     p.add_argument("--images", action="store_true", help="also record observation.image")
     p.add_argument("--sim-task", default=None, help="PointMaze map: TwoRoutes, UMaze, Open, Medium, Large")
     p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: per task)")
     p.add_argument("--max-attempts", type=int, default=None, help="give up after this many attempts")
     p.add_argument("--keep-failures", action="store_true", help="also write failed episodes")
-    p.add_argument("--repo-id", default=None, help="repo_id stored in the metadata (default local/<task>_expert)")
+    p.add_argument(
+        "--repo-id", default=None, help="repo_id stored in the metadata (default local/<task>_expert)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--source", type=Path, default=None,
-                   help="recorded data for tasks converted from demonstrations (pusht: the zarr)")
+    p.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="recorded data for tasks converted from demonstrations (pusht: the zarr)",
+    )
     a = p.parse_args(argv)
     if a.episodes < 1:
         p.error("--episodes must be >= 1")
-    return GenerateConfig(task=a.task, out=a.out, episodes=a.episodes, seed=a.seed, noise=a.noise, images=a.images,
-                          sim_task=a.sim_task, max_steps=a.max_steps, max_attempts=a.max_attempts,
-                          keep_failures=a.keep_failures, repo_id=a.repo_id, overwrite=a.overwrite,
-                          source=a.source)
+    return GenerateConfig(
+        task=a.task,
+        out=a.out,
+        episodes=a.episodes,
+        seed=a.seed,
+        noise=a.noise,
+        images=a.images,
+        sim_task=a.sim_task,
+        max_steps=a.max_steps,
+        max_attempts=a.max_attempts,
+        keep_failures=a.keep_failures,
+        repo_id=a.repo_id,
+        overwrite=a.overwrite,
+        source=a.source,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,12 +60,15 @@ def window_anchors(episode_lengths: list[int], drop_n_last_frames: int = 0) -> l
     return anchors
 
 
-def window_subset(episode_lengths: list[int], fraction: float, seed: int = 42, drop_n_last_frames: int = 0) -> list[int]:
+def window_subset(
+    episode_lengths: list[int], fraction: float, seed: int = 42, drop_n_last_frames: int = 0
+) -> list[int]:
     """The paper's protocol: ``random_split`` of all window anchors with a seeded generator; sorted anchors."""
     anchors = window_anchors(episode_lengths, drop_n_last_frames)
     k = _fraction_count(len(anchors), fraction)
-    keep, _ = torch.utils.data.random_split(anchors, [k, len(anchors) - k],
-                                            generator=torch.Generator().manual_seed(seed))
+    keep, _ = torch.utils.data.random_split(
+        anchors, [k, len(anchors) - k], generator=torch.Generator().manual_seed(seed)
+    )
     return sorted(anchors[i] for i in keep.indices)
 
 
@@ -88,7 +91,9 @@ class WindowSubsetSampler(torch.utils.data.Sampler[int]):
             yield self.anchors[i]
 
 
-def window_segments(episode_lengths: list[int], anchors: list[int], n_obs_steps: int, horizon: int) -> list[tuple[int, int]]:
+def window_segments(
+    episode_lengths: list[int], anchors: list[int], n_obs_steps: int, horizon: int
+) -> list[tuple[int, int]]:
     """Maximal ``[start, end)`` frame ranges covered by the windows of ``anchors``, never crossing an episode."""
     bounds = np.cumsum([0, *episode_lengths])
     covered = np.zeros(bounds[-1], dtype=bool)
@@ -121,9 +126,17 @@ def _to_frame(item: dict, features: dict) -> dict:
     return frame
 
 
-def materialize_window_subset(root: str | Path, out: str | Path, fraction: float, seed: int = 42, *,
-                              n_obs_steps: int = 2, horizon: int = 16, n_action_steps: int = 8,
-                              overwrite: bool = False) -> dict:
+def materialize_window_subset(
+    root: str | Path,
+    out: str | Path,
+    fraction: float,
+    seed: int = 42,
+    *,
+    n_obs_steps: int = 2,
+    horizon: int = 16,
+    n_action_steps: int = 8,
+    overwrite: bool = False,
+) -> dict:
     """Write the frames of a random window subset of the dataset at ``root`` as a new dataset at ``out``."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -133,21 +146,42 @@ def materialize_window_subset(root: str | Path, out: str | Path, fraction: float
     anchors = window_subset(lengths, fraction, seed, drop_n_last_frames=drop)
     segments = window_segments(lengths, anchors, n_obs_steps, horizon)
     features = {k: v for k, v in src.meta.features.items() if k not in _AUTO_KEYS}
-    prov = {"subset": "windows", "source": str(Path(root).absolute()), "fraction": fraction, "seed": seed,
-            "n_obs_steps": n_obs_steps, "horizon": horizon, "n_action_steps": n_action_steps,
-            "num_anchors": len(anchors), "segments": segments}
-    with atomic_dataset(out, repo_id=f"{src.repo_id}_w{fraction}", fps=src.fps, features=features,
-                        robot_type=src.meta.robot_type, overwrite=overwrite, provenance=prov) as ds:
+    prov = {
+        "subset": "windows",
+        "source": str(Path(root).absolute()),
+        "fraction": fraction,
+        "seed": seed,
+        "n_obs_steps": n_obs_steps,
+        "horizon": horizon,
+        "n_action_steps": n_action_steps,
+        "num_anchors": len(anchors),
+        "segments": segments,
+    }
+    with atomic_dataset(
+        out,
+        repo_id=f"{src.repo_id}_w{fraction}",
+        fps=src.fps,
+        features=features,
+        robot_type=src.meta.robot_type,
+        overwrite=overwrite,
+        provenance=prov,
+    ) as ds:
         for s, e in segments:
             for i in range(s, e):
                 ds.add_frame(_to_frame(src[i], src.meta.features))
             ds.save_episode()
-    return {"anchors": len(anchors), "segments": len(segments), "frames": int(sum(e - s for s, e in segments)),
-            "source_frames": int(sum(lengths))}
+    return {
+        "anchors": len(anchors),
+        "segments": len(segments),
+        "frames": int(sum(e - s for s, e in segments)),
+        "source_frames": int(sum(lengths)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cdp_plugin.data.subsets", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cdp_plugin.data.subsets", description=__doc__.split("\n\n")[0]
+    )
     sub = p.add_subparsers(dest="mode", required=True)
     pe = sub.add_parser("episodes", help="print a random episode subset for --dataset.episodes")
     pw = sub.add_parser("windows", help="write a dataset holding a random subset of training windows")
@@ -167,9 +201,20 @@ def main(argv: list[str] | None = None) -> int:
         meta = LeRobotDatasetMetadata("local/subset_source", root=a.root)
         print(json.dumps(episode_subset(meta.total_episodes, a.fraction, a.seed)))
     else:
-        print(json.dumps(materialize_window_subset(a.root, a.out, a.fraction, a.seed, n_obs_steps=a.n_obs_steps,
-                                                   horizon=a.horizon, n_action_steps=a.n_action_steps,
-                                                   overwrite=a.overwrite)))
+        print(
+            json.dumps(
+                materialize_window_subset(
+                    a.root,
+                    a.out,
+                    a.fraction,
+                    a.seed,
+                    n_obs_steps=a.n_obs_steps,
+                    horizon=a.horizon,
+                    n_action_steps=a.n_action_steps,
+                    overwrite=a.overwrite,
+                )
+            )
+        )
     return 0
 
 

@@ -35,7 +35,6 @@ from glob import escape
 from pathlib import Path
 
 import numpy as np
-
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGE, OBS_STATE
 
 MARKER = "meta/cdp_dataset.json"  # written into every dataset by atomic_dataset
@@ -163,15 +162,20 @@ def check_output_path(out: str | Path, overwrite: bool = False) -> Path:
     if not os.path.lexists(out):
         return out
     if out.is_symlink() or not out.is_dir():
-        raise OutputPathError(f"--out {out} is an existing file, not a dataset directory; "
-                              "choose another --out")
+        raise OutputPathError(
+            f"--out {out} is an existing file, not a dataset directory; choose another --out"
+        )
     if not overwrite:
-        raise OutputPathError(f"--out {out} already exists; pass --overwrite to replace it (only a dataset "
-                              "written by cdp is replaced) or choose another --out")
+        raise OutputPathError(
+            f"--out {out} already exists; pass --overwrite to replace it (only a dataset "
+            "written by cdp is replaced) or choose another --out"
+        )
     reason = not_a_cdp_dataset_reason(out)
     if reason is not None:
-        raise OutputPathError(f"--out {out} is not a dataset written by cdp ({reason}); refusing to "
-                              "overwrite it: move it away yourself or choose another --out")
+        raise OutputPathError(
+            f"--out {out} is not a dataset written by cdp ({reason}); refusing to "
+            "overwrite it: move it away yourself or choose another --out"
+        )
     return out
 
 
@@ -228,8 +232,13 @@ class CheckedDataset:
         self._frame_index = 0
 
     def add_frame(self, frame: dict) -> None:
-        check_frame_finite(frame, self.dataset.features, where=self._where,
-                           episode=self.dataset.meta.total_episodes, frame_index=self._frame_index)
+        check_frame_finite(
+            frame,
+            self.dataset.features,
+            where=self._where,
+            episode=self.dataset.meta.total_episodes,
+            frame_index=self._frame_index,
+        )
         self.dataset.add_frame(frame)
         self._frame_index += 1
 
@@ -279,8 +288,11 @@ def atomic_dataset(
         if ds.meta.total_episodes == 0:
             raise ValueError(f"no episodes were written to {out}")
         info = json.loads((tmp / "meta" / "info.json").read_text())
-        marker = {"writer": "cdp_plugin.data.writer", "codebase_version": info.get("codebase_version"),
-                  "repo_id": repo_id}
+        marker = {
+            "writer": "cdp_plugin.data.writer",
+            "codebase_version": info.get("codebase_version"),
+            "repo_id": repo_id,
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
         if provenance is not None:
             (tmp / LEGACY_MARKER).write_text(json.dumps(provenance, indent=2, default=str))

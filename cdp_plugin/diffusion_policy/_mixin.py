@@ -77,9 +77,12 @@ def _active_dropout(model: nn.Module) -> list[nn.Module]:
     for m in model.modules():
         if not m.training:
             continue
-        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-            mods.append(m)
-        elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
+        if (
+            isinstance(m, nn.modules.dropout._DropoutNd)
+            and m.p > 0
+            or isinstance(m, nn.MultiheadAttention)
+            and m.dropout > 0
+        ):
             mods.append(m)
     return mods
 
@@ -99,7 +102,7 @@ def _dropout_off(model: nn.Module):
 class _Capture:
     """One-shot forward hooks on the denoiser: record (and for fd_probe, extend) one call's inputs."""
 
-    def __init__(self, owner: "ContractiveMixin", fused: bool):
+    def __init__(self, owner: ContractiveMixin, fused: bool):
         self.owner = owner
         self.fused = fused
         self.calls = 0

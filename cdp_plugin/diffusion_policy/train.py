@@ -30,7 +30,9 @@ def upstream_config_dir() -> str:
         cfg = pathlib.Path(p) / "config"
         if cfg.is_dir():
             return str(cfg.resolve())
-    raise UpstreamNotFoundError(f"diffusion_policy has no config/ directory ({list(diffusion_policy.__path__)}). {INSTALL_HINT}")
+    raise UpstreamNotFoundError(
+        f"diffusion_policy has no config/ directory ({list(diffusion_policy.__path__)}). {INSTALL_HINT}"
+    )
 
 
 def main() -> None:

@@ -26,13 +26,13 @@ for _gym_id, _entry in (
     if _gym_id not in registry:
         register(id=_gym_id, entry_point=_entry)
 
-from cdp_plugin.envs.configs import (
+from cdp_plugin.envs.configs import (  # noqa: E402  (after the gym registration above)
     PointMazeEnvConfig,
     RobosuiteCanEnvConfig,
     RobosuiteEnvConfig,
     RobosuiteLiftEnvConfig,
 )
-from cdp_plugin.envs.tasks import TASKS, BenchDefaults, TaskSpec, get_task
+from cdp_plugin.envs.tasks import TASKS, BenchDefaults, TaskSpec, get_task  # noqa: E402
 
 __all__ = [
     "TASKS",

@@ -172,8 +172,15 @@ class PointMazeExpert:
     ``switch_dist`` of it, and the last waypoint is the goal itself.
     """
 
-    def __init__(self, env: PointMazeEnv, rng: np.random.Generator, noise: float = 0.0,
-                 kp: float = 10.0, kd: float = 1.0, switch_dist: float = 0.3):
+    def __init__(
+        self,
+        env: PointMazeEnv,
+        rng: np.random.Generator,
+        noise: float = 0.0,
+        kp: float = 10.0,
+        kd: float = 1.0,
+        switch_dist: float = 0.3,
+    ):
         self.env, self.rng, self.noise = env, rng, noise
         self.kp, self.kd, self.switch_dist = kp, kd, switch_dist
         self.waypoints: list[np.ndarray] = []
@@ -202,8 +209,11 @@ class PointMazeExpert:
         path = [start]
         while path[-1] != goal:
             i, j = path[-1]
-            nexts = [(i + di, j + dj) for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1))
-                     if dist.get((i + di, j + dj), -1) == dist[path[-1]] - 1]
+            nexts = [
+                (i + di, j + dj)
+                for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1))
+                if dist.get((i + di, j + dj), -1) == dist[path[-1]] - 1
+            ]
             path.append(nexts[self.rng.integers(len(nexts))])
         return path
 

@@ -87,7 +87,9 @@ class RobosuiteEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(self._env.action_dim,), dtype=np.float32)
         obs_spaces = {
             "agent_pos": spaces.Box(-np.inf, np.inf, shape=(9,), dtype=np.float64),
-            "environment_state": spaces.Box(-np.inf, np.inf, shape=obs["object-state"].shape, dtype=np.float64),
+            "environment_state": spaces.Box(
+                -np.inf, np.inf, shape=obs["object-state"].shape, dtype=np.float64
+            ),
         }
         if use_images:
             obs_spaces["pixels"] = spaces.Box(0, 255, shape=(self.height, self.width, 3), dtype=np.uint8)
@@ -177,8 +179,14 @@ class RobosuiteExpert:
     Gaussian noise to the translation part of the action.
     """
 
-    def __init__(self, env: RobosuiteEnv, rng: np.random.Generator, noise: float = 0.0,
-                 gain: float = 0.5, max_speed: float = 1.0):
+    def __init__(
+        self,
+        env: RobosuiteEnv,
+        rng: np.random.Generator,
+        noise: float = 0.0,
+        gain: float = 0.5,
+        max_speed: float = 1.0,
+    ):
         self.env, self.rng, self.noise = env, rng, noise
         self.gain, self.max_speed = gain, max_speed
         self.phase, self.counter = 0, 0
@@ -214,7 +222,9 @@ class RobosuiteExpert:
         raw = self.env._raw
         eef = np.asarray(raw["robot0_eef_pos"])
         if self.phase < 2 or self._frozen is None:
-            self._frozen = self._plan()  # from the grasp on the object moves with the gripper: freeze the plan
+            self._frozen = (
+                self._plan()
+            )  # from the grasp on the object moves with the gripper: freeze the plan
         plan = self._frozen
         target, grip, tol = plan[min(self.phase, len(plan) - 1)]
         err = target - eef

@@ -39,15 +39,26 @@ def step_rate(env_type: str, steps: int, warmup: int = 200, seed: int = 0, **env
     run(warmup)
     elapsed = run(steps)
     vec.close()
-    return {"env_type": env_type, "steps": steps, "steps_per_s": round(steps / elapsed, 1),
-            "build_and_reset_s": round(build_s, 2), **env_kwargs}
+    return {
+        "env_type": env_type,
+        "steps": steps,
+        "steps_per_s": round(steps / elapsed, 1),
+        "build_and_reset_s": round(build_s, 2),
+        **env_kwargs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cdp_plugin.envs.steprate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--env-types", nargs="+", default=["pointmaze", "robosuite_lift", "robosuite_can", "pusht"])
+    p = argparse.ArgumentParser(
+        prog="python -m cdp_plugin.envs.steprate", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--env-types", nargs="+", default=["pointmaze", "robosuite_lift", "robosuite_can", "pusht"]
+    )
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--obs-type", default=None, help="e.g. pixels_state (plugin tasks) or pixels_agent_pos (pusht)")
+    p.add_argument(
+        "--obs-type", default=None, help="e.g. pixels_state (plugin tasks) or pixels_agent_pos (pusht)"
+    )
     a = p.parse_args(argv)
     for env_type in a.env_types:
         kwargs = {"obs_type": a.obs_type} if a.obs_type else {}

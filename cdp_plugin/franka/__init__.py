@@ -6,8 +6,15 @@ franky-sim and MuJoCo are imported when a robot connects. See ``docs/franka.md``
 
 from .config_franka import FrankaConfig, FrankySimCameraConfig
 
-__all__ = ["FrankaConfig", "FrankySimCameraConfig", "Franka", "FrankySimCamera", "FrankaSafetyError",
-           "FrankaControlError", "SlideSim"]
+__all__ = [
+    "FrankaConfig",
+    "FrankySimCameraConfig",
+    "Franka",
+    "FrankySimCamera",
+    "FrankaSafetyError",
+    "FrankaControlError",
+    "SlideSim",
+]
 
 
 def __getattr__(name: str):  # lazy: LeRobot's device factory looks classes up on this package

@@ -42,7 +42,6 @@ from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
-
 from lerobot.cameras import make_cameras_from_configs
 from lerobot.robots import Robot
 from lerobot.utils.errors import DeviceAlreadyConnectedError, DeviceNotConnectedError
@@ -153,7 +152,7 @@ class Franka(Robot):
     def observation_features(self) -> dict[str, type | tuple]:
         ft: dict[str, type | tuple] = {f"{j}.pos": float for j in JOINTS}
         ft.update({f"{j}.vel": float for j in JOINTS})
-        ft.update({k: float for k in EE_POS + EE_QUAT})
+        ft.update(dict.fromkeys(EE_POS + EE_QUAT, float))
         if self.config.use_gripper:
             ft[GRIPPER] = float
         if self.scene is not None:
@@ -170,7 +169,7 @@ class Franka(Robot):
             "ee_pose": EE_POS + EE_QUAT,
             "joint": [f"{j}.pos" for j in JOINTS],
         }[self.config.action_space]
-        ft = {k: float for k in keys}
+        ft = dict.fromkeys(keys, float)
         if self.config.use_gripper:
             ft[GRIPPER] = float
         return ft
@@ -300,8 +299,10 @@ class Franka(Robot):
         if self._robot is None:
             raise DeviceNotConnectedError(f"{self} is not connected")
         if self._link_broken:  # nothing can be read or commanded over a dead link
-            raise FrankaControlError(f"{self} ({self.config.ip}): the connection is lost (libfranka network "
-                                     "error); call disconnect() and connect() again (or reconnect())")
+            raise FrankaControlError(
+                f"{self} ({self.config.ip}): the connection is lost (libfranka network "
+                "error); call disconnect() and connect() again (or reconnect())"
+            )
 
     @contextmanager
     def _franky_calls(self, what: str) -> Iterator[None]:
@@ -459,8 +460,10 @@ class Franka(Robot):
         # the arm lags behind its targets, which grows when the control loop runs slowly (a busy machine).
         p = np.clip(p_req, lo, hi)
         if not np.allclose(p, p_req):
-            self._warn(f"TCP target {np.round(p_req, 4).tolist()} clamped into workspace -> "
-                       f"{np.round(p, 4).tolist()}")
+            self._warn(
+                f"TCP target {np.round(p_req, 4).tolist()} clamped into workspace -> "
+                f"{np.round(p, 4).tolist()}"
+            )
         d = p - cur_p
         n = float(np.linalg.norm(d))
         if n > cfg.max_step_pos:

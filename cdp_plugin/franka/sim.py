@@ -26,7 +26,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # Running simulators by host, so a sim camera or a robot in the same process can find its scene.
-RUNNING: dict[str, "SlideSim"] = {}
+RUNNING: dict[str, SlideSim] = {}
 
 
 @dataclass
@@ -75,7 +75,7 @@ class SlideSim:
         self.started = False
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "SlideSim":
+    def start(self) -> SlideSim:
         if self.host in RUNNING:
             raise RuntimeError(f"a franky-sim server is already running on {self.host} in this process")
         import xml.etree.ElementTree as ET
@@ -94,13 +94,25 @@ class SlideSim:
         block = ET.SubElement(wb, "body", name="block", pos=f"{bx} {by} {t.block_half_height + 1e-3}")
         ET.SubElement(block, "freejoint", name="block_joint")
         ET.SubElement(
-            block, "geom", name="block_geom", type="cylinder",
-            size=f"{t.block_radius} {t.block_half_height}", mass=str(t.block_mass),
-            friction="0.4 0.005 0.0001", rgba="0.85 0.2 0.2 1", condim="4",
+            block,
+            "geom",
+            name="block_geom",
+            type="cylinder",
+            size=f"{t.block_radius} {t.block_half_height}",
+            mass=str(t.block_mass),
+            friction="0.4 0.005 0.0001",
+            rgba="0.85 0.2 0.2 1",
+            condim="4",
         )
         ET.SubElement(
-            wb, "geom", name="target_marker", type="cylinder", contype="0", conaffinity="0",
-            size=f"{t.success_radius} 0.0005", pos=f"{t.target_xy[0]} {t.target_xy[1]} 0.0005",
+            wb,
+            "geom",
+            name="target_marker",
+            type="cylinder",
+            contype="0",
+            conaffinity="0",
+            size=f"{t.success_radius} 0.0005",
+            pos=f"{t.target_xy[0]} {t.target_xy[1]} 0.0005",
             rgba="0.2 0.8 0.2 0.6",
         )
         server = SimulationServer(sim, hostname_candidates=[self.host])
@@ -137,7 +149,7 @@ class SlideSim:
                 r.done.set()
             self._requests.clear()
 
-    def __enter__(self) -> "SlideSim":
+    def __enter__(self) -> SlideSim:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from lerobot.cameras.camera import Camera
 
 from .config_franka import FrankySimCameraConfig

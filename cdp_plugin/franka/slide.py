@@ -39,8 +39,10 @@ def rollout_features(robot) -> dict:
         if isinstance(v, tuple) or (v is float and k.endswith((".pos", ".vel")))
     }
     act_hw = {k: v for k, v in robot.action_features.items() if k.endswith((".pos", ".vel"))}
-    return {**hw_to_dataset_features(act_hw, "action", use_video=False),
-            **hw_to_dataset_features(obs_hw, "observation", use_video=False)}
+    return {
+        **hw_to_dataset_features(act_hw, "action", use_video=False),
+        **hw_to_dataset_features(obs_hw, "observation", use_video=False),
+    }
 
 
 @dataclass
@@ -131,13 +133,24 @@ def run_episode(robot, act_fn, max_steps: int = 80, fps: int = FPS, on_frame=Non
     robot.wait_until_still(5.0)
     time.sleep(0.3)
     d = sim.distance_to_target()
-    return {"success": d <= sim.task.success_radius, "steps": steps, "final_distance": d,
-            "wall_s": time.perf_counter() - t_start}
+    return {
+        "success": d <= sim.task.success_radius,
+        "steps": steps,
+        "final_distance": d,
+        "wall_s": time.perf_counter() - t_start,
+    }
 
 
-def record_dataset(root: str | Path, n_episodes: int, repo_id: str = "local/franka_slide",
-                   host: str = "127.0.0.1", seed: int = 0, max_steps: int = 80, camera: bool = True,
-                   only_success: bool = True) -> dict:
+def record_dataset(
+    root: str | Path,
+    n_episodes: int,
+    repo_id: str = "local/franka_slide",
+    host: str = "127.0.0.1",
+    seed: int = 0,
+    max_steps: int = 80,
+    camera: bool = True,
+    only_success: bool = True,
+) -> dict:
     """Record scripted-expert episodes through the franka robot into a LeRobotDataset at ``root``."""
     from lerobot.datasets import LeRobotDataset
     from lerobot.robots import make_robot_from_config
@@ -150,8 +163,9 @@ def record_dataset(root: str | Path, n_episodes: int, repo_id: str = "local/fran
     robot.connect()
     try:
         features = rollout_features(robot)
-        ds = LeRobotDataset.create(repo_id, FPS, features=features, root=root, robot_type=robot.name,
-                                   use_videos=False)
+        ds = LeRobotDataset.create(
+            repo_id, FPS, features=features, root=root, robot_type=robot.name, use_videos=False
+        )
         expert = SlideExpert()
         t = robot.scene.sim.task
         for ep in range(n_episodes):
@@ -159,9 +173,12 @@ def record_dataset(root: str | Path, n_episodes: int, repo_id: str = "local/fran
             frames = []
 
             def on_frame(obs, sent):
-                frame = {**build_dataset_frame(features, obs, "observation"),
-                         **build_dataset_frame(features, sent, "action"), "task": TASK_TEXT}
-                frames.append(frame)
+                frame = {
+                    **build_dataset_frame(features, obs, "observation"),
+                    **build_dataset_frame(features, sent, "action"),
+                    "task": TASK_TEXT,
+                }
+                frames.append(frame)  # noqa: B023  (called within this iteration)
 
             res = run_episode(robot, expert, max_steps=max_steps, on_frame=on_frame)
             results.append(res)
@@ -176,12 +193,18 @@ def record_dataset(root: str | Path, n_episodes: int, repo_id: str = "local/fran
     finally:
         robot.disconnect()
     n_ok = sum(r["success"] for r in results)
-    return {"episodes": n_episodes, "successes": n_ok, "success_rate": n_ok / max(n_episodes, 1),
-            "saved_episodes": n_ok if only_success else n_episodes, "results": results}
+    return {
+        "episodes": n_episodes,
+        "successes": n_ok,
+        "success_rate": n_ok / max(n_episodes, 1),
+        "saved_episodes": n_ok if only_success else n_episodes,
+        "results": results,
+    }
 
 
-def to_state_dataset(src_root: str | Path, dst_root: str | Path,
-                     repo_id: str = "local/franka_slide_state") -> dict:
+def to_state_dataset(
+    src_root: str | Path, dst_root: str | Path, repo_id: str = "local/franka_slide_state"
+) -> dict:
     """Copy a recorded Slide dataset into a low-dimensional variant for quick CPU training.
 
     ``observation.state`` keeps the robot's proprioception, ``observation.environment_state`` holds the
@@ -191,7 +214,6 @@ def to_state_dataset(src_root: str | Path, dst_root: str | Path,
     import json
 
     import pyarrow.parquet as pq
-
     from lerobot.datasets import LeRobotDataset
 
     src_root = Path(src_root)
@@ -201,13 +223,21 @@ def to_state_dataset(src_root: str | Path, dst_root: str | Path,
     block_idx = [names.index(n) for n in BLOCK_KEYS]
     features = {
         "action": info["features"]["action"],
-        "observation.state": {"dtype": "float32", "shape": (len(robot_idx),),
-                              "names": [names[i] for i in robot_idx]},
+        "observation.state": {
+            "dtype": "float32",
+            "shape": (len(robot_idx),),
+            "names": [names[i] for i in robot_idx],
+        },
         "observation.environment_state": {"dtype": "float32", "shape": (2,), "names": list(BLOCK_KEYS)},
     }
-    ds = LeRobotDataset.create(repo_id, info["fps"], features=features, root=dst_root,
-                               robot_type=info["robot_type"],
-                               use_videos=False)
+    ds = LeRobotDataset.create(
+        repo_id,
+        info["fps"],
+        features=features,
+        root=dst_root,
+        robot_type=info["robot_type"],
+        use_videos=False,
+    )
     cols = ["action", "observation.state", "episode_index"]
     tables = [pq.read_table(p, columns=cols) for p in sorted((src_root / "data").rglob("*.parquet"))]
     n_ep = 0
@@ -220,8 +250,14 @@ def to_state_dataset(src_root: str | Path, dst_root: str | Path,
                 n_ep += 1
             ep_prev = ep
             st = np.asarray(st, dtype=np.float32)
-            ds.add_frame({"action": np.asarray(a, dtype=np.float32), "observation.state": st[robot_idx],
-                          "observation.environment_state": st[block_idx], "task": TASK_TEXT})
+            ds.add_frame(
+                {
+                    "action": np.asarray(a, dtype=np.float32),
+                    "observation.state": st[robot_idx],
+                    "observation.environment_state": st[block_idx],
+                    "task": TASK_TEXT,
+                }
+            )
         if ep_prev is not None:
             ds.save_episode()
             n_ep += 1
@@ -231,9 +267,9 @@ def to_state_dataset(src_root: str | Path, dst_root: str | Path,
 
 def evaluate_expert(n_episodes: int, host: str = "127.0.0.1", seed: int = 0, max_steps: int = 80) -> dict:
     """Success rate of the scripted expert (no camera, nothing recorded)."""
-    from lerobot.robots import make_robot_from_config
-
     import tempfile
+
+    from lerobot.robots import make_robot_from_config
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = slide_robot_config(host, seed, camera=False, calibration_dir=Path(tmp))
@@ -252,15 +288,26 @@ def evaluate_expert(n_episodes: int, host: str = "127.0.0.1", seed: int = 0, max
         finally:
             robot.disconnect()
     n_ok = sum(r["success"] for r in results)
-    return {"episodes": n_episodes, "successes": n_ok, "success_rate": n_ok / max(n_episodes, 1),
-            "mean_steps": float(np.mean([r["steps"] for r in results])), "results": results}
+    return {
+        "episodes": n_episodes,
+        "successes": n_ok,
+        "success_rate": n_ok / max(n_episodes, 1),
+        "mean_steps": float(np.mean([r["steps"] for r in results])),
+        "results": results,
+    }
 
 
-def evaluate_policy(policy_path: str | Path, n_episodes: int, host: str = "127.0.0.1", seed: int = 1000,
-                    max_steps: int = 80, device: str = "cpu", overrides: dict | None = None) -> dict:
+def evaluate_policy(
+    policy_path: str | Path,
+    n_episodes: int,
+    host: str = "127.0.0.1",
+    seed: int = 1000,
+    max_steps: int = 80,
+    device: str = "cpu",
+    overrides: dict | None = None,
+) -> dict:
     """Closed-loop success rate of a trained LeRobot policy on Slide (same pipeline as lerobot-rollout)."""
     import torch
-
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies import get_policy_class, make_pre_post_processors
     from lerobot.policies.utils import make_robot_action, prepare_observation_for_inference
@@ -278,8 +325,11 @@ def evaluate_policy(policy_path: str | Path, n_episodes: int, host: str = "127.0
     pcfg.device = device
     policy = get_policy_class(pcfg.type).from_pretrained(policy_path, config=pcfg)
     policy.to(device).eval()
-    pre, post = make_pre_post_processors(policy_cfg=pcfg, pretrained_path=str(policy_path),
-                                         preprocessor_overrides={"device_processor": {"device": device}})
+    pre, post = make_pre_post_processors(
+        policy_cfg=pcfg,
+        pretrained_path=str(policy_path),
+        preprocessor_overrides={"device_processor": {"device": device}},
+    )
     camera = any(k.startswith("observation.images.") for k in pcfg.input_features)
     cfg = slide_robot_config(host, seed, camera, calibration_dir=Path(policy_path).parent / ".calibration")
     robot = make_robot_from_config(cfg)
@@ -293,10 +343,16 @@ def evaluate_policy(policy_path: str | Path, n_episodes: int, host: str = "127.0
         env_state = "observation.environment_state" in pcfg.input_features
         if env_state:  # low-dimensional variant (see to_state_dataset)
             names = features["observation.state"]["names"]
-            features["observation.state"] = {"dtype": "float32", "shape": (len(names) - 2,),
-                                             "names": [n for n in names if n not in BLOCK_KEYS]}
-            features["observation.environment_state"] = {"dtype": "float32", "shape": (2,),
-                                                         "names": list(BLOCK_KEYS)}
+            features["observation.state"] = {
+                "dtype": "float32",
+                "shape": (len(names) - 2,),
+                "names": [n for n in names if n not in BLOCK_KEYS],
+            }
+            features["observation.environment_state"] = {
+                "dtype": "float32",
+                "shape": (2,),
+                "names": list(BLOCK_KEYS),
+            }
 
         def act(obs):
             nonlocal infer_s, n_infer
@@ -322,9 +378,14 @@ def evaluate_policy(policy_path: str | Path, n_episodes: int, host: str = "127.0
     finally:
         robot.disconnect()
     n_ok = sum(r["success"] for r in results)
-    return {"episodes": n_episodes, "successes": n_ok, "success_rate": n_ok / max(n_episodes, 1),
-            "mean_final_distance": float(np.mean([r["final_distance"] for r in results])),
-            "mean_step_ms": 1000.0 * infer_s / max(n_infer, 1), "results": results}
+    return {
+        "episodes": n_episodes,
+        "successes": n_ok,
+        "success_rate": n_ok / max(n_episodes, 1),
+        "mean_final_distance": float(np.mean([r["final_distance"] for r in results])),
+        "mean_step_ms": 1000.0 * infer_s / max(n_infer, 1),
+        "results": results,
+    }
 
 
 def free_loopback_host(seed: int | None = None) -> str:
@@ -349,6 +410,17 @@ def free_loopback_host(seed: int | None = None) -> str:
     raise RuntimeError("no free loopback address found")
 
 
-__all__ = ["SlideExpert", "to_state_dataset", "evaluate_expert", "evaluate_policy", "free_loopback_host",
-           "record_dataset", "reset_episode", "rollout_features", "run_episode", "slide_robot_config",
-           "TASK_TEXT", "FPS"]
+__all__ = [
+    "SlideExpert",
+    "to_state_dataset",
+    "evaluate_expert",
+    "evaluate_policy",
+    "free_loopback_host",
+    "record_dataset",
+    "reset_episode",
+    "rollout_features",
+    "run_episode",
+    "slide_robot_config",
+    "TASK_TEXT",
+    "FPS",
+]

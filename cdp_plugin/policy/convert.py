@@ -22,9 +22,9 @@ from pathlib import Path
 from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig
 from cdp_plugin.samplers import SAMPLERS
 
-_CDP_ONLY = {f for f in ContractiveDiffusionConfig.__dataclass_fields__} - {
-    f for f in ContractiveDiffusionConfig.__mro__[1].__dataclass_fields__
-}
+_CDP_ONLY = set(ContractiveDiffusionConfig.__dataclass_fields__) - set(
+    ContractiveDiffusionConfig.__mro__[1].__dataclass_fields__
+)
 
 
 def convert_diffusion_checkpoint(src: str | Path, dst: str | Path, **overrides) -> Path:
@@ -35,7 +35,9 @@ def convert_diffusion_checkpoint(src: str | Path, dst: str | Path, **overrides) 
         raise FileNotFoundError(f"{cfg_path} not found: pass a checkpoint's pretrained_model folder")
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("type") not in ("diffusion", "cdp"):
-        raise ValueError(f"{cfg_path} is a {cfg.get('type')!r} checkpoint; only 'diffusion' (or 'cdp') converts")
+        raise ValueError(
+            f"{cfg_path} is a {cfg.get('type')!r} checkpoint; only 'diffusion' (or 'cdp') converts"
+        )
     from cdp_plugin.policy.safe_load import validate_processor_files
 
     validate_processor_files(src)  # only registered processor steps are copied (no code from the JSON)

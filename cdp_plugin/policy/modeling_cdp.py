@@ -9,10 +9,9 @@ from importlib.resources import files
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch import Tensor
-
 from lerobot.policies.diffusion.modeling_diffusion import DiffusionModel, DiffusionPolicy
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
+from torch import Tensor
 
 from cdp_plugin.contraction import StepGrid, penalty_from_outputs, penalty_rows, sym_extreme_eigs
 from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig

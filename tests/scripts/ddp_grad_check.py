@@ -11,18 +11,25 @@ import sys
 
 import torch
 from accelerate import Accelerator
+from lerobot.configs.types import FeatureType, PolicyFeature
 
 import lerobot_policy_cdp  # noqa: F401  (registers cdp)
-from lerobot.configs.types import FeatureType, PolicyFeature
 from cdp_plugin.policy import ContractiveDiffusionConfig, ContractiveDiffusionPolicy
 
 
 def build(estimator: str):
     torch.manual_seed(0)
     cfg = ContractiveDiffusionConfig(
-        device="cpu", horizon=16, n_action_steps=8, down_dims=(32, 64), diffusion_step_embed_dim=32,
-        contraction_estimator=estimator, contraction_batch_fraction=1.0, contraction_weight=1.0,
-        contraction_diag_every=0, push_to_hub=False,
+        device="cpu",
+        horizon=16,
+        n_action_steps=8,
+        down_dims=(32, 64),
+        diffusion_step_embed_dim=32,
+        contraction_estimator=estimator,
+        contraction_batch_fraction=1.0,
+        contraction_weight=1.0,
+        contraction_diag_every=0,
+        push_to_hub=False,
         input_features={
             "observation.state": PolicyFeature(FeatureType.STATE, (2,)),
             "observation.environment_state": PolicyFeature(FeatureType.ENV, (4,)),
@@ -65,8 +72,15 @@ def main(out_path: str, estimator: str):
     g_ddp = grads(acc.unwrap_model(policy))
     if acc.is_main_process:
         diff = (g_ddp - g_ref).abs().max().item()
-        json.dump({"max_abs_diff": diff, "grad_norm": g_ref.norm().item(), "world": acc.num_processes,
-                   "contraction_loss": info["contraction_loss"]}, open(out_path, "w"))
+        json.dump(
+            {
+                "max_abs_diff": diff,
+                "grad_norm": g_ref.norm().item(),
+                "world": acc.num_processes,
+                "contraction_loss": info["contraction_loss"],
+            },
+            open(out_path, "w"),
+        )
     acc.wait_for_everyone()
 
 

@@ -1,7 +1,7 @@
 """Find the ready-made configs shipped with the package (``policy_configs/``), installed or from source.
 
-The configs are package data of ``lerobot_policy_cdp`` (the repository's top-level ``policy_configs`` is a
-link to ``lerobot_policy_cdp/policy_configs``), so an installed wheel finds them without the source tree::
+The configs are package data of ``cdp_plugin`` (the repository's top-level ``policy_configs`` is a link to
+``cdp_plugin/policy_configs``), so an installed wheel finds them without the source tree::
 
     cdp-configs list                          # every shipped config, relative to the configs directory
     cdp-configs path lerobot/cdp_pusht.json   # absolute path, e.g. for lerobot-train --config_path=...
@@ -9,14 +9,13 @@ link to ``lerobot_policy_cdp/policy_configs``), so an installed wheel finds them
 
     lerobot-train --config_path=$(cdp-configs path cdp_state_small_cpu) --dataset.root=...
 
-From Python: :func:`policy_configs_dir`, :func:`list_configs`, :func:`config_path` (also importable from
-``lerobot_policy_cdp.configs``). Locating the files does not import LeRobot or torch.
+From Python: :func:`policy_configs_dir`, :func:`list_configs`, :func:`config_path`. Locating the files does
+not import LeRobot or torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -27,10 +26,7 @@ _SUFFIXES = (".json", ".yaml")
 
 def policy_configs_dir() -> Path:
     """Directory holding ``lerobot/*.json`` (LeRobot train configs) and ``diffusion_policy/*.yaml``."""
-    spec = importlib.util.find_spec("lerobot_policy_cdp")  # locates the package without running its import
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("lerobot_policy_cdp is not installed: pip install lerobot_policy_cdp")
-    path = Path(next(iter(spec.submodule_search_locations))) / "policy_configs"
+    path = Path(__file__).resolve().parent / "policy_configs"
     if not path.is_dir():
         raise FileNotFoundError(
             f"policy_configs not found at {path}: the package was installed without its "

@@ -1,4 +1,5 @@
-"""Registration of the plugin's LeRobot environments and robots (called by the ``lerobot_policy_cdp`` shim).
+"""Registration of the plugin's LeRobot environments and robots (called by the ``lerobot_policy_cdp`` shim
+and by ``cdp-policy-server``).
 
 Each optional part registers its config classes only (cheap; simulators are imported lazily when an env
 or robot is built). A part whose module is absent is skipped.

@@ -3,8 +3,8 @@
 LeRobot imports every installed distribution whose name starts with ``lerobot_policy_``; importing this
 package registers the ``cdp`` policy (config, model, processors) and the plugin's environments and
 robots, and adds ``cdp`` to LeRobot's async gRPC server list (when grpcio is installed; see
-:mod:`lerobot_policy_cdp.policy_server`). The code lives in :mod:`cdp_plugin`; the shipped configs in
-``policy_configs/`` (:mod:`lerobot_policy_cdp.configs`).
+:mod:`cdp_plugin.policy_server`). Everything else lives in :mod:`cdp_plugin` (shipped configs:
+:mod:`cdp_plugin.configs`).
 """
 
 try:

@@ -104,8 +104,8 @@ def wheel_venv(tmp_path_factory) -> tuple[Path, Path]:
 def test_wheel_contents(wheel_venv):
     _, wheel = wheel_venv
     names = zipfile.ZipFile(wheel).namelist()
-    assert "lerobot_policy_cdp/policy_configs/lerobot/cdp_state_small_cpu.json" in names
-    assert "lerobot_policy_cdp/policy_configs/diffusion_policy/train_cdp_unet_lowdim_workspace.yaml" in names
+    assert "cdp_plugin/policy_configs/lerobot/cdp_state_small_cpu.json" in names
+    assert "cdp_plugin/policy_configs/diffusion_policy/train_cdp_unet_lowdim_workspace.yaml" in names
     assert "cdp_plugin/policy/modeling_cdp.py" in names and "cdp_plugin/diffusion_policy/lowdim.py" in names
     # every python package of the source tree is in the wheel
     pkgs = {str(p.parent.relative_to(REPO)) for p in (REPO / "cdp_plugin").rglob("__init__.py")}
@@ -128,7 +128,7 @@ def test_installed_wheel_is_what_runs(wheel_venv, tmp_path, pusht_like_dataset):
     venv = py.parent.parent
     probe = (
         "import cdp_plugin, lerobot_policy_cdp, importlib.metadata as m; "
-        "from lerobot_policy_cdp.configs import policy_configs_dir, list_configs; "
+        "from cdp_plugin.configs import policy_configs_dir, list_configs; "
         "print(cdp_plugin.__file__); print(lerobot_policy_cdp.__file__); print(policy_configs_dir()); "
         "print(len(list_configs())); from lerobot.policies.factory import get_policy_class; "
         "print(get_policy_class('cdp').__module__)"

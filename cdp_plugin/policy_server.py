@@ -1,9 +1,9 @@
 """``cdp-policy-server``: LeRobot's async gRPC policy server, able to serve ``cdp`` checkpoints.
 
 LeRobot's ``python -m lerobot.async_inference.policy_server`` neither runs plugin discovery nor accepts
-types outside its hard-coded ``SUPPORTED_POLICIES``. Importing :mod:`lerobot_policy_cdp` registers the
-``cdp`` policy type and appends it to that list (:func:`cdp_plugin.register.register_async_inference`);
-this launcher does only that and then runs LeRobot's own ``serve`` unchanged (same flags)::
+types outside its hard-coded ``SUPPORTED_POLICIES``. This launcher registers the ``cdp`` policy type,
+appends it to that list (:func:`cdp_plugin.register.register_async_inference`, which is also what importing
+the ``lerobot_policy_cdp`` shim does) and then runs LeRobot's own ``serve`` unchanged (same flags)::
 
     cdp-policy-server --host=127.0.0.1 --port=8080 --fps=30 --inference_latency=0.033 --obs_queue_timeout=1
 
@@ -20,8 +20,10 @@ from __future__ import annotations
 
 
 def main() -> None:
-    import lerobot_policy_cdp  # noqa: F401  (registers cdp, also with the async server's list)
-    from cdp_plugin.register import register_async_inference
+    import cdp_plugin.policy  # noqa: F401  (registers the policy type cdp with LeRobot)
+    from cdp_plugin.register import register_all, register_async_inference
+
+    register_all()
 
     if not register_async_inference():
         raise SystemExit(

@@ -78,6 +78,8 @@ class Study:
     # LeRobot's diffusion maps only VISUAL / STATE / ACTION by default, so the keypoints (FeatureType.ENV, in
     # pixels 0..512) would reach the network unnormalised; min-max them like the agent state
     normalize_env_state: bool = True
+    # policies whose every checkpoint is evaluated (the learning curve); the others only at the last one
+    curve_policies: list[str] = field(default_factory=lambda: ["dp", "dp_x0", "cdp"])
 
     def train_flags(self) -> list[str]:
         return [
@@ -258,7 +260,10 @@ def run_study(study: Study, out: Path) -> dict[str, list[str]]:
                     train(study, policy, root, episodes, seed, run_dir, env)
                     train_s = time.time() - t0
                     curve = []
-                    for step, ck in checkpoints(run_dir / "train"):
+                    cks = checkpoints(run_dir / "train")
+                    if policy not in study.curve_policies:
+                        cks = cks[-1:]
+                    for step, ck in cks:
                         curve.append(
                             {
                                 "step": step,
@@ -397,14 +402,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", default=None, help="subset of dp,dp_x0,cdp")
     p.add_argument("--fractions", default=None, help="e.g. 1.0,0.1")
     p.add_argument("--eval-episodes", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--embed-dim", type=int, default=None)
+    p.add_argument("--down-dims", default=None, help="UNet widths, e.g. 32,64,128")
+    p.add_argument(
+        "--curve-policies", default=None, help="policies evaluated at every checkpoint (others: last only)"
+    )
     a = p.parse_args(argv)
     study = Study()
     saved = a.out / "study.json"
     if saved.is_file():  # a resumed study keeps its sizes
         study = Study(**json.loads(saved.read_text()))
-    for name, val in (("steps", a.steps), ("save_every", a.save_every), ("eval_episodes", a.eval_episodes)):
+    sizes = {
+        "steps": a.steps,
+        "save_every": a.save_every,
+        "eval_episodes": a.eval_episodes,
+        "batch_size": a.batch_size,
+        "embed_dim": a.embed_dim,
+    }
+    for name, val in sizes.items():
         if val is not None:
             setattr(study, name, val)
+    if a.down_dims:
+        study.down_dims = [int(d) for d in a.down_dims.split(",")]
+    if a.curve_policies:
+        study.curve_policies = a.curve_policies.split(",")
     if a.seeds:
         study.seeds = [int(s) for s in a.seeds.split(",")]
     if a.policies:

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from test_bench_metrics import tiny_profile
 
 from cdp_plugin.bench.matrix import load_cells, parse_variant, run_matrix
 from cdp_plugin.bench.probe import ProbeSettings
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_cell_end_to_end_and_resume(tmp_path):
@@ -72,3 +78,21 @@ def test_tiny_cell_end_to_end_and_resume(tmp_path):
     assert status["skipped"] == [rec["id"]] and not status["done"]
     assert (tmp_path / "cells" / f"{rec['id']}.json").stat().st_mtime == mtime
     assert json.loads((tmp_path / "profile.json").read_text())["name"] == "test"
+
+    # benchmarks/gradient_share.py on the same cell: the penalty's share of the gradient at mid-training
+    results = tmp_path / "RESULTS.md"
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gradient_share.py"), "--matrix", str(tmp_path)]
+        + ["--policies", name, "--batches", "2", "--batch-size", "2", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    ).stdout
+    row = next(
+        line for line in results.read_text().splitlines() if line.startswith(f"| pointmaze | {name} |")
+    )
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert cols[2:6] == ["frobenius", "3", "32", "2"], cols  # loss, gamma, D, mid checkpoint (of 2, 4)
+    share = float(cols[7].split(" %")[0])
+    assert 0 < share < 1e4 and math.isfinite(share), out

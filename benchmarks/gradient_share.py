@@ -1,0 +1,168 @@
+"""How much of the training gradient the contraction penalty is, at mid-training.
+
+    python benchmarks/gradient_share.py --matrix outputs/study13 --task pointmaze \\
+        --policies cdp_g0.1_all,cdp_g1_all,cdp_hinge_g1_all --results benchmarks/RESULTS.md
+
+For every finished ``cdp-bench`` cell of the named policies it loads the checkpoint nearest to half of the
+training steps (``train/checkpoints/<step>``, the one at or after the middle) and, on ``--batches`` batches of
+``--batch-size`` training windows of the cell's own dataset (fixed noise and timesteps per batch), splits
+the gradient of LeRobot's training loss on the UNet parameters into
+
+    g_diff = grad L_diffusion,        g_pen = grad (gamma * P)   (P: the configured penalty, gamma its weight)
+
+(``g_pen`` = grad of the total loss minus ``g_diff`` on the same noise, timesteps and probes). It reports the
+share ``|g_pen| / |g_diff|`` and the cosine between them (median and range over batches and seeds). The
+column "paper /D^2 at 0.1" is the share the paper's default (gamma 0.1 with the ``/D^2`` mean) would have on
+the same weights, ``0.1 / gamma * share / D`` for a per-dimension Frobenius cell (it is the same penalty up
+to that factor). Issue 13 measured 0.07-0.7 % for the latter during training at D = 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from cdp_plugin.bench.probe import ProbeSettings, load_policy, observation_batch
+from cdp_plugin.bench.results_file import replace_section
+from cdp_plugin.policy.modeling_cdp import NOISE_KEY, TIMESTEPS_KEY
+
+TAG = "bench:gradient-share"
+
+
+def mid_checkpoint(train_dir: Path) -> tuple[int, Path]:
+    """``(step, pretrained_model)`` of the first saved checkpoint at or after half of the last one."""
+    steps = sorted(
+        int(p.name)
+        for p in (train_dir / "checkpoints").glob("[0-9]*")
+        if (p / "pretrained_model" / "model.safetensors").is_file()
+    )
+    if not steps:
+        raise FileNotFoundError(f"no checkpoints under {train_dir / 'checkpoints'}")
+    step = next(s for s in steps if s >= steps[-1] / 2)
+    return step, train_dir / "checkpoints" / f"{step:06d}" / "pretrained_model"
+
+
+def _grad(policy, batch: dict, weight: float) -> torch.Tensor:
+    """Flat gradient of the training loss on the UNet with the penalty weight set to ``weight``."""
+    model = policy.diffusion
+    saved = model.contraction.weight
+    model.contraction.weight = weight
+    try:
+        policy.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # same penalised rows and probes for every call
+        loss, _ = policy.forward(batch)
+        loss.backward()
+    finally:
+        model.contraction.weight = saved
+    return torch.cat([p.grad.flatten() for p in model.unet.parameters() if p.grad is not None])
+
+
+def gradient_share(ckpt: Path, dataset_root: Path, batches: int, batch_size: int, seed: int = 0) -> dict:
+    """Share and cosine of the penalty's gradient against the diffusion loss's, per batch."""
+    policy, pre, cfg = load_policy(ckpt, ProbeSettings())
+    policy.train()
+    ccfg = policy.diffusion.contraction
+    data = observation_batch(dataset_root, cfg, pre, batches * batch_size)
+    data = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    gen = torch.Generator().manual_seed(seed)
+    T = policy.diffusion.noise_scheduler.config.num_train_timesteps
+    perm = torch.randperm(batches * batch_size, generator=gen)
+    shares, cosines = [], []
+    for b in range(batches):
+        idx = perm[b * batch_size : (b + 1) * batch_size]
+        batch = {k: v[idx] for k, v in data.items()}
+        act = batch["action"]
+        batch[NOISE_KEY] = torch.randn(act.shape, generator=gen)
+        batch[TIMESTEPS_KEY] = torch.randint(0, T, (act.shape[0],), generator=gen)
+        g_diff = _grad(policy, batch, 0.0)
+        g_pen = _grad(policy, batch, ccfg.weight) - g_diff
+        shares.append((g_pen.norm() / g_diff.norm()).item())
+        cosines.append(torch.nn.functional.cosine_similarity(g_pen, g_diff, dim=0).item())
+    D = cfg.horizon * cfg.action_feature.shape[0]
+    return {
+        "gamma": ccfg.weight,
+        "loss": ccfg.loss,
+        "normalization": ccfg.normalization,
+        "D": D,
+        "shares": shares,
+        "cosines": cosines,
+    }
+
+
+def _fmt(xs: list[float], pct: bool = True) -> str:
+    f = (lambda x: f"{100 * x:.2g} %") if pct else (lambda x: f"{x:+.2f}")
+    return f"{f(statistics.median(xs))} ({f(min(xs))} – {f(max(xs))})"
+
+
+def markdown(rows: list[dict], argv: str, wall_s: float) -> str:
+    lines = [
+        "## Penalty gradient share at mid-training (`benchmarks/gradient_share.py`)",
+        "",
+        f"- Command: `python benchmarks/gradient_share.py {argv}` ({wall_s / 60:.1f} min, CPU, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        "- share = |∇θ(γ·P)| / |∇θ L_diffusion| on the UNet parameters, at the checkpoint at or after half of "
+        "training, same noise / timesteps / probes; median (range) over batches and seeds. "
+        "'paper /D² at 0.1' = the share the paper's default (γ 0.1, `/D²` mean) has on the same weights "
+        "(per-dimension Frobenius cells: 0.1/γ · share / D).",
+        "",
+        "| task | policy | loss | γ | D | step | seeds | share | cos(∇P, ∇L) | paper /D² at 0.1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        paper = "–"
+        if r["loss"] == "frobenius" and r["normalization"] == "per_dim":
+            paper = _fmt([0.1 / r["gamma"] * s / r["D"] for s in r["shares"]])
+        lines.append(
+            f"| {r['task']} | {r['policy']} | {r['loss']} | {r['gamma']:g} | {r['D']} | {r['step']} | "
+            f"{r['seeds']} | {_fmt(r['shares'])} | {_fmt(r['cosines'], pct=False)} | {paper} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--matrix", type=Path, required=True, help="a cdp-bench --out directory")
+    p.add_argument("--task", default="pointmaze")
+    p.add_argument("--policies", required=True, help="comma-separated cdp-bench policy / variant names")
+    p.add_argument("--fraction", type=float, default=None, help="only cells of this data fraction")
+    p.add_argument("--batches", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section into")
+    a = p.parse_args(argv)
+    t0 = time.time()
+    torch.set_num_threads(1)
+    rows = []
+    for policy in a.policies.split(","):
+        cells = sorted((a.matrix / "cells").glob(f"{a.task}__{policy}__f*__s*.json"))
+        per = {"shares": [], "cosines": [], "seeds": []}
+        for path in cells:
+            cell = json.loads(path.read_text())
+            if a.fraction is not None and abs(cell["cell"]["fraction"] - a.fraction) > 1e-9:
+                continue
+            step, ckpt = mid_checkpoint(a.matrix / "runs" / cell["id"] / "train")
+            r = gradient_share(ckpt, Path(cell["dataset"]), a.batches, a.batch_size)
+            per["shares"] += r["shares"]
+            per["cosines"] += r["cosines"]
+            per["seeds"].append(cell["cell"]["seed"])
+            per.update({k: r[k] for k in ("gamma", "loss", "normalization", "D")}, step=step)
+            print(f"{cell['id']}: step {step}, share {_fmt(r['shares'])}", flush=True)
+        if per["shares"]:
+            rows.append({"task": a.task, "policy": policy, **per, "seeds": len(per["seeds"])})
+    if not rows:
+        raise SystemExit(f"no finished cells of {a.policies} under {a.matrix / 'cells'}")
+    md = markdown(rows, " ".join(sys.argv[1:] if argv is None else argv), time.time() - t0)
+    print(md)
+    if a.results:
+        replace_section(a.results, TAG, md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,8 +31,7 @@ from cdp_plugin.envs.tasks import ENV_MIN_MAX
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SECTION_START = "<!-- pusht-study:start -->"
-SECTION_END = "<!-- pusht-study:end -->"
+PUSHT_TAG = "bench:pusht"  # the RESULTS.md section this study owns
 
 ENV_NORMALIZATION = ENV_MIN_MAX  # the task table's: keypoints (FeatureType.ENV) min-max normalised
 POLICIES = {
@@ -378,17 +377,6 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.is_file() else ""
-    block = f"{SECTION_START}\n{body}\n{SECTION_END}"
-    if SECTION_START in text and SECTION_END in text:
-        a, b = text.index(SECTION_START), text.index(SECTION_END) + len(SECTION_END)
-        text = text[:a] + block + text[b:]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "pusht_study")
@@ -440,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     md = report(a.out)
     print(md)
     if a.results:
-        replace_section(a.results, md)
+        from cdp_plugin.bench.results_file import replace_section
+
+        replace_section(a.results, PUSHT_TAG, md)
     return 0
 
 

@@ -42,7 +42,7 @@ POLICIES = {
 LABELS = {
     "dp": "DP (LeRobot `diffusion`, epsilon)",
     "dp_x0": "DP-x0 (`cdp`, no penalty)",
-    "cdp": "CDP (`cdp`, frobenius, gamma 0.1)",
+    "cdp": "CDP (`cdp` at its defaults: frobenius, per-dimension gamma 0.2)",
 }
 # evaluation sampler: DDIM, 10 steps, for all three (LeRobot's DDPM-100 is 10x slower on CPU)
 EVAL_SAMPLER = {

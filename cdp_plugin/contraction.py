@@ -142,7 +142,7 @@ class ContractionConfig:
         ),
     )
     weight: float = field(
-        default=0.1,
+        default=0.2,  # chosen by the penalty strength study (benchmarks/RESULTS.md, "Penalty strength")
         metadata=_doc(
             "gamma, weight of the penalty in the total loss (per-dimension units, see `normalization`)"
         ),

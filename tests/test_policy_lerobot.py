@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import lerobot_policy_cdp  # noqa: F401  (registers cdp, as LeRobot's plugin discovery does)
 from cdp_plugin.bench.metrics import parse_train_log as parse_log
+from cdp_plugin.contraction import ContractionConfig
 
 TRAIN_FLAGS = [
     "--policy.type=cdp",
@@ -79,7 +80,7 @@ def test_train_logs_contraction_and_loss_decreases(trained):
     cfg = json.loads((ckpt / "config.json").read_text())
     assert (
         cfg["type"] == "cdp"
-        and cfg["contraction_weight"] == 0.1
+        and cfg["contraction_weight"] == ContractionConfig().weight
         and cfg["contraction_estimator"] == "fd_probe"
     )
     written = {p.suffix for p in ckpt.iterdir()}
@@ -429,7 +430,7 @@ def test_model_card_names_policy_paper_and_settings(trained):
     card = policy.generate_model_card("local/pusht_like", "cdp", None, None)
     text = str(card)
     assert "cdp" in text and "Contractive Diffusion Policies" in text and "ICLR 2026" in text
-    assert "`contraction_weight` | `0.1`" in text and "fd_probe" in text
+    assert f"`contraction_weight` | `{ContractionConfig().weight}`" in text and "fd_probe" in text
 
 
 def ddp_launch(*args: str) -> tuple[list[str], dict[str, str]]:

@@ -17,6 +17,15 @@ def mean(xs):
     return statistics.fmean(xs) if xs else None
 
 
+def cell_gamma(cell: dict) -> float | None:
+    """The penalty weight a cell trained with: its checkpoint's config (recorded since the default moved from
+    0.1 to 0.2), else its flags, else the default of the time the cell was run (0.1; cdp cells only)."""
+    if "contraction_weight" in (cell.get("contraction") or {}):
+        return cell["contraction"]["contraction_weight"]
+    flags = cell.get("policy_flags") or []
+    return flag_value(flags, "contraction_weight", 0.1 if "--policy.type=cdp" in flags else None)
+
+
 def flag_value(flags: list[str], name: str, default=None):
     """The value of ``--policy.<name>=v`` among lerobot-train flags (a float, a [lo, hi] list, or the string)."""
     for f in flags or []:
@@ -120,7 +129,7 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
             "final_loss": mean([c.get("final_loss") for c in cs]),
             "modes": _modes(cs),
             "flags": flags,
-            "gamma": flag_value(flags, "contraction_weight", 0.1 if "--policy.type=cdp" in flags else None),
+            "gamma": cell_gamma(cs[0]),
             "noise_window": flag_value(flags, "contraction_noise_window", [0.0, 1.0]),
             "penalty": flag_value(flags, "contraction_loss", "frobenius") != "none"
             and "--policy.type=cdp" in flags,

@@ -104,6 +104,8 @@ def summary_lines(agg: dict) -> list[str]:
 
 
 def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str], failed: list[str]) -> str:
+    trained = sorted({a["gamma"] for a in agg.values() if a.get("penalty") and a.get("gamma") is not None})
+    gammas = " / ".join(f"{g:g}" for g in trained) or "–"
     lines = [
         "## Matrix: DP vs CDP-frobenius vs CDP-hinge, with the DP-x0 control where run (LeRobot train/eval)",
         "",
@@ -122,7 +124,7 @@ def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str
             f"- Every policy is evaluated with the same deterministic sampler: DDIM (eta = 0), "
             f"{profile['num_inference_steps']} steps (`diffusion` has only DDPM/DDIM; cdp's default is DPM-Solver++). "
             "DP is LeRobot's `diffusion` with its defaults (epsilon prediction); CDP is `cdp` (x0 prediction, "
-            "penalty weight 0.1, margin 0.1). DP-x0, where present, is `cdp` with `--policy.contraction_loss=none`: the "
+            f"penalty weight {gammas}, margin 0.1). DP-x0, where present, is `cdp` with `--policy.contraction_loss=none`: the "
             "x0 parameterisation without the penalty, which separates the penalty's effect from the parameterisation's."
         ),
         COLUMNS,

@@ -330,6 +330,12 @@ def fraction_episodes(root: Path, fraction: float, seed: int) -> list[int] | Non
     return episode_subset(meta.total_episodes, fraction, seed=42 + seed)
 
 
+def trained_contraction(ckpt: Path) -> dict:
+    """The ``contraction_*`` settings a checkpoint was trained with (empty for ``diffusion``)."""
+    cfg = json.loads((Path(ckpt) / "config.json").read_text())
+    return {k: v for k, v in cfg.items() if k.startswith("contraction_")}
+
+
 def _final_checkpoint(train_dir: Path, steps: int) -> Path | None:
     ck = train_dir / "checkpoints" / f"{steps:06d}" / "pretrained_model"
     return ck if (ck / "model.safetensors").is_file() else None
@@ -377,6 +383,7 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
                 f"lerobot-train finished without a step-{profile.steps} checkpoint in {train_dir}"
             )
     record["train_wall_s"] = time.time() - t0
+    record["contraction"] = trained_contraction(ckpt)
     rows = parse_train_log(train_log.read_text(errors="replace"))
     record["train_log"] = rows
     record["update_s"] = mean_update_seconds(rows)

@@ -17,6 +17,16 @@ def mean(xs):
     return statistics.fmean(xs) if xs else None
 
 
+def window_label(a: dict, all_label: str = "all") -> str:
+    """Where a variant penalises: ``all``, a training noise window ``t/T in [lo, hi]`` or a window of the deployed
+    sampler's steps ``steps [lo, hi]`` (fractions of its k steps, counted from the last)."""
+    if a.get("noise_window", [0.0, 1.0]) != [0.0, 1.0]:
+        return f"t/T in {a['noise_window']}"
+    if a.get("step_window", [0.0, 1.0]) != [0.0, 1.0]:
+        return f"steps {a['step_window']}"
+    return all_label
+
+
 def cell_gamma(cell: dict) -> float | None:
     """The penalty weight a cell trained with: its checkpoint's config (recorded since the default moved from
     0.1 to 0.2), else its flags, else the default of the time the cell was run (0.1; cdp cells only)."""
@@ -131,6 +141,8 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
             "flags": flags,
             "gamma": cell_gamma(cs[0]),
             "noise_window": flag_value(flags, "contraction_noise_window", [0.0, 1.0]),
+            "step_window": flag_value(flags, "contraction_step_window", [0.0, 1.0]),
+            "loss": flag_value(flags, "contraction_loss", "frobenius"),
             "penalty": flag_value(flags, "contraction_loss", "frobenius") != "none"
             and "--policy.type=cdp" in flags,
             "cells": cs,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdp_plugin.bench.aggregate import LOW_NOISE, label, plateau, variant_key
+from cdp_plugin.bench.aggregate import LOW_NOISE, label, plateau, variant_key, window_label
 from cdp_plugin.envs.tasks import TASKS
 
 # Paper numbers quoted beside ours (paper.md section 5; read off charts, +-2 units). None of them uses our data.
@@ -282,7 +282,7 @@ def penalty_markdown(agg: dict, profile: dict, meta: dict, failed: list[str], pl
         (
             "- CDP variants are `cdp` with `--policy.contraction_normalization=per_dim` (the penalty is the mean squared "
             "singular value of w_t (J_x0 + βI): γ means the same at every D; γ_per_dim = γ_paper / D) and the flags "
-            "in the variant's name (γ, and `--policy.contraction_noise_window=[0,0.1]` for the low-noise rows). DP-x0 "
+            "in the variant's name (γ; `--policy.contraction_noise_window=[0,0.1]` for the low-noise rows, `--policy.contraction_step_window` for `steps` rows; `hinge` in the name: `--policy.contraction_loss=hinge`, Lanczos, on the deployed grid's exact per-step window). DP-x0 "
             "is `cdp` with `--policy.contraction_loss=none`."
         ),
         COLUMNS.replace("- Columns:", "- Columns (as in the matrix):"),
@@ -309,11 +309,7 @@ def penalty_markdown(agg: dict, profile: dict, meta: dict, failed: list[str], pl
             keys = sorted((k for k in agg if k[0] == task and k[2] == frac), key=lambda k: variant_key(k[1]))
             for k in keys:
                 a = agg[k]
-                win = (
-                    "–"
-                    if not a["penalty"]
-                    else ("all" if a["noise_window"] == [0.0, 1.0] else str(a["noise_window"]))
-                )
+                win = "–" if not a["penalty"] else window_label(a)
                 md = a["modes"]
                 lines.append(
                     f"| {label(k[1])} | {_fmt(a['gamma'], 'g') if a['penalty'] else '–'} | {win} | {int(frac * 100)} % | "

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from cdp_plugin.bench.aggregate import label
+from cdp_plugin.bench.aggregate import label, window_label
 
 COLORS = {"dp": "tab:gray", "cdp_frobenius": "tab:blue", "cdp_hinge": "tab:orange", "dp_x0": "tab:green"}
 LAMBDA_TICKS = (
@@ -281,11 +281,7 @@ def plot_penalty_strength(agg: dict, profile: dict, path: Path) -> Path:
             groups: dict[str, list] = defaultdict(list)
             for (t, _pol, ff), a in agg.items():
                 if t == task and ff == f and a["penalty"] and a["gamma"] is not None:
-                    win = (
-                        "all noise levels"
-                        if a["noise_window"] == [0.0, 1.0]
-                        else f"t/T in {a['noise_window']}"
-                    )
+                    win = f"{a.get('loss', 'frobenius')}, {window_label(a, 'all noise levels')}"
                     groups[win].append(a)
             for gi, (win, rows) in enumerate(sorted(groups.items())):
                 rows.sort(key=lambda a: a["gamma"])

@@ -318,6 +318,7 @@ def report(out: Path) -> str:
     study = cells[0]["study"]
     order = {p: i for i, p in enumerate(POLICIES)}
     cells.sort(key=lambda c: (-c["fraction"], order[c["policy"]], c["seed"]))
+    steps = sorted({r["step"] for c in cells for r in c["curve"]})
     lines = [
         (
             f"Sizes: UNet `down_dims={study['down_dims']}`, step embedding {study['embed_dim']}, horizon "
@@ -361,17 +362,19 @@ def report(out: Path) -> str:
         lines.append(f"| {LABELS[pol]} | {round(frac * 100)} % | {len(fs)} | {_pct(k, n)} | {amr:.3f} |")
     lines += [
         "",
-        "Learning curves (success % / avg max reward at each checkpoint):",
+        "Learning curves (success % / avg max reward at each evaluated checkpoint; – = not evaluated):",
         "",
-        "| cell | "
-        + " | ".join(f"step {r['step']}" for r in max((c["curve"] for c in cells), key=len))
-        + " |",
-        "|---|" + "---|" * len(max((c["curve"] for c in cells), key=len)),
+        "| cell | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
     ]
     for c in cells:
+        at = {r["step"]: r for r in c["curve"]}
         lines.append(
             f"| {c['policy']} {round(c['fraction'] * 100)} % s{c['seed']} | "
-            + " | ".join(f"{r['pc_success']:.0f} / {r['avg_max_reward']:.2f}" for r in c["curve"])
+            + " | ".join(
+                f"{at[s]['pc_success']:.0f} / {at[s]['avg_max_reward']:.2f}" if s in at else "–"
+                for s in steps
+            )
             + " |"
         )
     return "\n".join(lines)

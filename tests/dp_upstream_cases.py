@@ -57,6 +57,7 @@ from diffusion_policy.policy.diffusion_unet_image_policy import DiffusionUnetIma
 from diffusion_policy.policy.diffusion_unet_lowdim_policy import DiffusionUnetLowdimPolicy  # noqa: E402
 
 import cdp_plugin.diffusion_policy as cdp_dp  # noqa: E402
+from cdp_plugin.contraction import ContractionConfig  # noqa: E402
 
 UPSTREAM_CFG = next(
     pathlib.Path(p) / "config" for p in diffusion_policy.__path__ if (pathlib.Path(p) / "config").is_dir()
@@ -354,7 +355,7 @@ def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader,
     st = ws.model.last_contraction
     n_train_steps = 2 * 3  # debug mode: 2 epochs x 3 steps
     assert ws.model._cdp_step == n_train_steps  # validation (no_grad) added no penalty
-    assert st["penalty"] > 0 and st["weight"] == pytest.approx(0.1)
+    assert st["penalty"] > 0 and st["weight"] == pytest.approx(ContractionConfig().weight)
     assert st["loss"] == pytest.approx(st["diffusion_loss"] + st["weight"] * st["penalty"], rel=1e-6)
     logs = [json.loads(line) for line in (tmp_path / "run" / "logs.json.txt").read_text().splitlines()]
     assert any("train_loss" in r for r in logs) and any("val_loss" in r for r in logs)
@@ -700,7 +701,9 @@ def test_example_lowdim_config_composes_with_upstream_tasks(tiny_zarr, zarr_read
     assert cfg.task.name == "pusht_lowdim"
     ws = _workspace(cfg, tmp_path)
     assert type(ws.model) is cdp_dp.ContractiveDiffusionUnetLowdimPolicy
-    assert ws.model.contraction.weight == pytest.approx(0.1) and ws.model.sampler is None
+    assert (
+        ws.model.contraction.weight == pytest.approx(ContractionConfig().weight) and ws.model.sampler is None
+    )
 
 
 def test_launcher_composes_upstream_config_with_the_one_line_override(tmp_path):

@@ -60,6 +60,7 @@ def test_tiny_cell_end_to_end_and_resume(tmp_path):
         ).read_text()
     )
     assert cfg["contraction_weight"] == 3 and cfg["contraction_noise_window"] == [0, 0.5]
+    assert rec["contraction"]["contraction_weight"] == 3  # recorded from the checkpoint, read by the report
     assert [r["step"] for r in rec["train_log"]][-1] == 4 and rec["update_s"] > 0
     assert len(rec["eval"]["successes"]) == 1
     assert set(rec["eval_by_steps"]) == {"1", "10"} and rec["eval_by_steps"]["1"]["num_inference_steps"] == 1

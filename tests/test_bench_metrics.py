@@ -372,3 +372,16 @@ def test_toy_flows_example_runs_small(tmp_path):
     text = res.read_text()
     assert "other" in text and "<!-- bench:toy -->" in text and "| CDP-hinge | 0 |" in text
     assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_window_label_and_cell_gamma():
+    from cdp_plugin.bench.aggregate import cell_gamma, window_label
+
+    assert window_label({"noise_window": [0.0, 1.0], "step_window": [0.0, 1.0]}) == "all"
+    assert window_label({"noise_window": [0.0, 0.1], "step_window": [0.0, 1.0]}) == "t/T in [0.0, 0.1]"
+    assert window_label({"noise_window": [0.0, 1.0], "step_window": [0.0, 0.3]}) == "steps [0.0, 0.3]"
+    cdp = ["--policy.type=cdp"]
+    assert cell_gamma({"contraction": {"contraction_weight": 0.2}, "policy_flags": cdp}) == 0.2
+    assert cell_gamma({"policy_flags": [*cdp, "--policy.contraction_weight=3"]}) == 3
+    assert cell_gamma({"policy_flags": cdp}) == 0.1  # cells run before the default moved
+    assert cell_gamma({"policy_flags": ["--policy.type=diffusion"]}) is None

@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -145,17 +146,30 @@ def time_interleaved(
     """Median step time of every method, measured round-robin so machine noise hits all alike."""
     opts = {k: torch.optim.AdamW(p.parameters(), lr=1e-4) for k, p in policies.items()}
     times: dict[str, list[float]] = {k: [] for k in policies}
+    oom: set[str] = set()
     for i in range(warmup + steps):
         for k, p in policies.items():
-            if k in slow and i >= warmup + 2:
+            if k in oom or (k in slow and i >= warmup + 2):
                 continue
             _sync(device)
             t0 = time.perf_counter()
-            _step(p, opts[k], batch)
+            try:
+                _step(p, opts[k], batch)
+            except torch.OutOfMemoryError:  # the official construction at large D on an 80 GB card
+                oom.add(k)
+                opts[k].zero_grad(set_to_none=True)
+                free_cuda(device)
+                continue
             _sync(device)
             if i >= warmup or (k in slow and i >= 1):
                 times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: (None if k in oom else statistics.median(v)) for k, v in times.items()}
+
+
+def free_cuda(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def accuracy(action_dim: int, arch: dict, device: str, n: int = 4) -> dict[str, float]:
@@ -224,8 +238,15 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--dims", default="2,7,14", help="action dims (D = 16 * action_dim)")
     ap.add_argument("--skip-official", action="store_true")
+    ap.add_argument(
+        "--official-dims",
+        default=None,
+        help="D values at which the official full-Jacobian construction is timed, e.g. 32 (default: every D)",
+    )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--no-write",)]
+    cli_args = "".join(f" {a}" for a in shown)
     arch = {} if args.full else {"down_dims": (64, 128), "diffusion_step_embed_dim": 64}
     B = args.batch_size or (64 if args.full or args.device != "cpu" else 32)
     steps = args.steps or (8 if args.device != "cpu" else 5)
@@ -237,20 +258,33 @@ def main(argv=None):
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     rows = []
+    official_dims = (
+        {int(d) for d in args.official_dims.split(",")}
+        if args.official_dims
+        else {16 * int(d) for d in args.dims.split(",")}
+    )
     for adim in (int(d) for d in args.dims.split(",")):
         D = 16 * adim
         batch = make_batch(B, adim, args.device)
         policies = {
             name: build(method, adim, arch, args.device)
             for name, method in METHODS.items()
-            if not (name.startswith("official") and args.skip_official)
+            if not (name.startswith("official") and (args.skip_official or D not in official_dims))
         }
         slow = {name for name in policies if name.startswith("official")}
         times = time_interleaved(policies, batch, steps, 2, args.device, slow)
         res = {}
         for name, policy in policies.items():
+            if times[name] is None:
+                res[name] = (None, None)
+                print(f"D={D:4d} {name:26s} out of memory", flush=True)
+                continue
             if args.device.startswith("cuda"):
-                mem = peak_cuda_mb(policy, batch)
+                try:
+                    mem = peak_cuda_mb(policy, batch)
+                except torch.OutOfMemoryError:
+                    free_cuda(args.device)
+                    mem = float("nan")
             else:  # model state (params, grads, 2 AdamW moments, float32) + what autograd saves in one step
                 mem = 16 * sum(p.numel() for p in policy.parameters()) / 2**20 + saved_activation_mb(
                     policy, batch
@@ -258,15 +292,19 @@ def main(argv=None):
             res[name] = (times[name], mem)
             print(f"D={D:4d} {name:26s} {1000 * times[name]:9.1f} ms  mem {mem:8.1f} MB", flush=True)
         del policies
+        free_cuda(args.device)
         acc = accuracy(adim, arch, args.device)
         dp_t, dp_m = res["DP (no penalty)"]
         for name, (t, m) in res.items():
-            rows.append((D, name, t, t / dp_t, m, m / max(dp_m, 1e-9)))
+            if t is None:
+                rows.append((D, name, None, None, None, None))
+            else:
+                rows.append((D, name, t, t / dp_t, m, m / max(dp_m, 1e-9)))
         rows.append((D, "accuracy", acc))
         print(f"D={D:4d} accuracy vs exact Jacobian: {acc}", flush=True)
 
     lines = [
-        f"Train-step cost of the contraction penalty — `python benchmarks/contraction_cost.py{' --full' if args.full else ''}`,",
+        f"Train-step cost of the contraction penalty — `python benchmarks/contraction_cost.py{cli_args}`,",
         (
             f"{card}, {datetime.date.today().isoformat()}, torch {torch.__version__}, batch {B}, horizon 16,"
             f" UNet down_dims {arch.get('down_dims', (512, 1024, 2048))}, x0 prediction, median of {steps} steps."
@@ -299,6 +337,9 @@ def main(argv=None):
             )
         else:
             D, name, t, tr, m, mr = r
+            if t is None:
+                lines.append(f"| {D} | {name} | out of memory | – | > card | – |")
+                continue
             lines.append(f"| {D} | {name} | {1000 * t:.1f} | {tr:.2f}x | {m:.0f} | {mr:.2f}x |")
     text = "\n".join(lines + acc_lines)
     print("\n" + text)

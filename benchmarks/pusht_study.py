@@ -27,10 +27,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cdp_plugin.bench.matrix import lerobot_cli
 from cdp_plugin.envs.tasks import ENV_MIN_MAX
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PUSHT_TAG = "bench:pusht"  # the RESULTS.md section this study owns
 
 ENV_NORMALIZATION = ENV_MIN_MAX  # the task table's: keypoints (FeatureType.ENV) min-max normalised
@@ -79,11 +79,14 @@ class Study:
     normalize_env_state: bool = True
     # policies whose every checkpoint is evaluated (the learning curve); the others only at the last one
     curve_policies: list[str] = field(default_factory=lambda: ["dp", "dp_x0", "cdp"])
+    # extra policies: name -> lerobot-train flags (``--variant g0.1=cdp:--policy.contraction_weight=0.1``)
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    device: str = "cpu"
 
     def train_flags(self) -> list[str]:
         return [
             "--policy.push_to_hub=false",
-            "--policy.device=cpu",
+            f"--policy.device={self.device}",
             "--policy.pretrained_backbone_weights=null",
             f"--policy.horizon={self.horizon}",
             f"--policy.n_action_steps={self.n_action_steps}",
@@ -100,6 +103,29 @@ class Study:
             f"--log_freq={max(1, self.save_every // 5)}",
             f"--save_freq={self.save_every}",
         ]
+
+
+def policy_flags(study: Study, policy: str) -> list[str]:
+    """lerobot-train flags of a built-in policy or a ``--variant``."""
+    if policy in study.variants:
+        return list(study.variants[policy])
+    if policy in POLICIES:
+        return list(POLICIES[policy])
+    raise ValueError(
+        f"unknown policy {policy!r}; built-in: {sorted(POLICIES)}; variants: {sorted(study.variants)}"
+    )
+
+
+def eval_sampler(study: Study, policy: str) -> list[str]:
+    """DDIM at evaluation: LeRobot's ``diffusion`` through its scheduler type, ``cdp`` through its sampler."""
+    return EVAL_SAMPLER["dp" if "--policy.type=diffusion" in policy_flags(study, policy) else "cdp"]
+
+
+def label(study: dict, policy: str) -> str:
+    if policy in LABELS:
+        return LABELS[policy]
+    extra = [f for f in study.get("variants", {}).get(policy, []) if not f.startswith("--policy.type=")]
+    return f"{policy} (`cdp` {' '.join(extra)})"
 
 
 def cell_id(policy: str, fraction: float, seed: int) -> str:
@@ -177,12 +203,12 @@ def train(study: Study, policy: str, root: Path, episodes, seed: int, run_dir: P
         return
     last_cfg = train_dir / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
     if last_cfg.is_file():
-        cmd = [BIN / "lerobot-train", f"--config_path={last_cfg}", "--resume=true"]
+        cmd = [lerobot_cli("lerobot-train"), f"--config_path={last_cfg}", "--resume=true"]
     else:
         shutil.rmtree(train_dir, ignore_errors=True)
         cmd = [
-            BIN / "lerobot-train",
-            *POLICIES[policy],
+            lerobot_cli("lerobot-train"),
+            *policy_flags(study, policy),
             *study.train_flags(),
             f"--dataset.repo_id=local/{root.name}",
             f"--dataset.root={root}",
@@ -200,11 +226,11 @@ def evaluate(study: Study, policy: str, ckpt: Path, seed: int, eval_dir: Path, e
         shutil.rmtree(eval_dir, ignore_errors=True)
         run(
             [
-                BIN / "lerobot-eval",
+                lerobot_cli("lerobot-eval"),
                 f"--policy.path={ckpt}",
-                "--policy.device=cpu",
+                f"--policy.device={study.device}",
                 f"--policy.num_inference_steps={study.num_inference_steps}",
-                *EVAL_SAMPLER[policy],
+                *eval_sampler(study, policy),
                 "--env.type=pusht",
                 "--env.obs_type=environment_state_agent_pos",
                 f"--env.episode_length={study.episode_length}",
@@ -315,8 +341,9 @@ def report(out: Path) -> str:
     cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
     if not cells:
         return "_no finished cells yet_"
-    study = cells[0]["study"]
-    order = {p: i for i, p in enumerate(POLICIES)}
+    variants = {k: v for c in cells for k, v in c["study"].get("variants", {}).items()}
+    study = {**cells[0]["study"], "variants": variants}
+    order = {p: i for i, p in enumerate([*POLICIES, *study.get("variants", {})])}
     cells.sort(key=lambda c: (-c["fraction"], order[c["policy"]], c["seed"]))
     steps = sorted({r["step"] for c in cells for r in c["curve"]})
     lines = [
@@ -343,7 +370,7 @@ def report(out: Path) -> str:
         k, n = sum(f["successes"]), len(f["successes"])
         best = max(c["curve"], key=lambda r: r["avg_max_reward"])
         lines.append(
-            f"| {LABELS[c['policy']]} | {round(c['fraction'] * 100)} % | {c['seed']} | {_pct(k, n)} | "
+            f"| {label(study, c['policy'])} | {round(c['fraction'] * 100)} % | {c['seed']} | {_pct(k, n)} | "
             f"{f['avg_max_reward']:.3f} | step {best['step']}: {best['pc_success']:.0f} % / "
             f"{best['avg_max_reward']:.3f} |"
         )
@@ -359,7 +386,9 @@ def report(out: Path) -> str:
         k = sum(sum(f["successes"]) for f in fs)
         n = sum(len(f["successes"]) for f in fs)
         amr = sum(f["avg_max_reward"] for f in fs) / len(fs)
-        lines.append(f"| {LABELS[pol]} | {round(frac * 100)} % | {len(fs)} | {_pct(k, n)} | {amr:.3f} |")
+        lines.append(
+            f"| {label(study, pol)} | {round(frac * 100)} % | {len(fs)} | {_pct(k, n)} | {amr:.3f} |"
+        )
     lines += [
         "",
         "Learning curves (success % / avg max reward at each evaluated checkpoint; – = not evaluated):",
@@ -399,6 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--curve-policies", default=None, help="policies evaluated at every checkpoint (others: last only)"
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=BASE:FLAGS",
+        help="an extra policy, e.g. g0.1=cdp:--policy.contraction_weight=0.1 (repeatable; added to the policies)",
+    )
+    p.add_argument("--device", default=None, help="cpu (default) | cuda")
     a = p.parse_args(argv)
     study = Study()
     saved = a.out / "study.json"
@@ -424,6 +461,19 @@ def main(argv: list[str] | None = None) -> int:
         study.policies = a.policies.split(",")
     if a.fractions:
         study.fractions = [float(f) for f in a.fractions.split(",")]
+    if a.device:
+        study.device = a.device
+    if a.variant:
+        from cdp_plugin.bench.matrix import parse_variant
+
+        try:
+            variants = dict(parse_variant(v) for v in a.variant)
+        except ValueError as e:
+            raise SystemExit(f"pusht_study: {e}") from None
+        study.variants = {**study.variants, **variants}
+        if not a.policies:
+            study.policies = [q for q in study.policies if q not in variants]
+        study.policies += [v for v in variants if v not in study.policies]
     if not a.report:
         sys.path.insert(0, str(REPO))
         status = run_study(study, a.out)

@@ -30,6 +30,7 @@ def test_tiny_cell_end_to_end_and_resume(tmp_path):
         variants={name: flags},
         eval_steps=[1],
         mode_episodes=2,
+        eval_jobs=2,  # the main and the 1-step evaluation side by side
     )
     settings = ProbeSettings(
         n_obs=2,
@@ -97,3 +98,32 @@ def test_tiny_cell_end_to_end_and_resume(tmp_path):
     assert cols[2:6] == ["frobenius", "3", "32", "2"], cols  # loss, gamma, D, mid checkpoint (of 2, 4)
     share = float(cols[7].split(" %")[0])
     assert 0 < share < 1e4 and math.isfinite(share), out
+
+
+def test_dp_plateau_evaluations_run_side_by_side(tmp_path):
+    """``plateau_evals``: DP's every checkpoint is evaluated (``eval_jobs`` at a time); the last checkpoint's is
+    the main evaluation itself, not a second run."""
+    prof = tiny_profile(
+        tasks=["pointmaze"], policies=["dp"], fractions=[1.0], plateau_evals=True, eval_jobs=3, eval_steps=[1]
+    )
+    settings = ProbeSettings(
+        n_obs=2, n_samples=2, n_sep=2, n_lambda=2, lanczos_iters=2, step_time_repeats=1, step_time_batch=2
+    )
+    from cdp_plugin.bench import matrix
+
+    status = run_matrix(
+        prof,
+        tmp_path,
+        runner=lambda c, p, o: matrix.run_cell(c, p, o, probe_settings=settings),
+        progress=False,
+        keep_going=False,
+    )
+    assert len(status["done"]) == 1, status
+    (rec,) = load_cells(tmp_path)
+    run_dir = tmp_path / "runs" / rec["id"]
+    assert [r["step"] for r in rec["success_over_training"]] == [2, 4]
+    assert rec["success_over_training"][-1]["successes"] == rec["eval"]["successes"]
+    assert (run_dir / "eval_at_000002" / "eval_info.json").is_file()
+    assert not (run_dir / "eval_at_000004").exists()  # the main evaluation serves the last checkpoint
+    assert "--policy.noise_scheduler_type=DDIM" in rec["eval_cmd"]
+    assert set(rec["eval_by_steps"]) == {"1", "10"}

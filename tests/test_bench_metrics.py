@@ -268,6 +268,13 @@ def test_matrix_skips_finished_cells_and_retries_failed_ones(tmp_path, monkeypat
     prof = tiny_profile()
     cells = cells_of(prof)
     assert len(cells) == 4 and all(c.task == "pointmaze" for c in cells)  # pusht has no dataset: skipped
+    # a matrix directory that already holds the converted Push-T data (carried to a machine without the zarr)
+    carried = tmp_path / "carried"
+    info = carried / "data" / "pusht_206ep" / "meta" / "info.json"
+    info.parent.mkdir(parents=True)
+    info.write_text("{}")
+    assert {c.task for c in cells_of(prof, carried)} == {"pointmaze", "pusht"}
+    assert len(cells_of(prof, tmp_path)) == 4
     done = cells[0]
     (tmp_path / "cells").mkdir()
     (tmp_path / "cells" / f"{done.id}.json").write_text(
@@ -328,6 +335,19 @@ def test_cli_report_only_on_finished_cells(tmp_path):
     assert "lead section" in text and "<!-- bench:matrix -->" in text and "CDP-hinge" in text
     assert len(list((tmp_path / "plots").glob("*.png"))) == 4
     assert Path(res).read_text().count("<!-- /bench:matrix -->") == 1
+    # a matrix of another run (a GPU one) goes to a section of its own and leaves this one alone
+    before = text
+    args = ["--quick", "--report-only", "--out", str(out), "--results", str(res)]
+    rc = main([*args, "--plots-dir", str(tmp_path / "plots_gpu"), "--section", "bench:standard-gpu"])
+    text = res.read_text()
+    assert (
+        rc == 0
+        and "<!-- bench:standard-gpu -->" in text
+        and "CDP-hinge" in text.split("bench:standard-gpu")[1]
+    )
+    assert before.split("<!-- /bench:matrix -->")[0] == text.split("<!-- /bench:matrix -->")[0]
+    with pytest.raises(SystemExit, match="--section must be"):
+        main([*args, "--section", "matrix; rm -rf"])
 
 
 # ----------------------------------------------------------------------------------------- toy flows example
@@ -385,3 +405,19 @@ def test_window_label_and_cell_gamma():
     assert cell_gamma({"policy_flags": [*cdp, "--policy.contraction_weight=3"]}) == 3
     assert cell_gamma({"policy_flags": cdp}) == 0.1  # cells run before the default moved
     assert cell_gamma({"policy_flags": ["--policy.type=diffusion"]}) is None
+
+
+def test_lerobot_cli_found_beside_python_else_on_path(tmp_path, monkeypatch):
+    from cdp_plugin.bench import matrix
+
+    assert matrix.lerobot_cli("lerobot-train").is_file()  # this venv's
+    monkeypatch.setattr(matrix, "BIN", tmp_path / "empty")
+    bindir = tmp_path / "prefix_bin"
+    bindir.mkdir()
+    script = bindir / "lerobot-eval"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    assert matrix.lerobot_cli("lerobot-eval") == script
+    with pytest.raises(FileNotFoundError, match="lerobot-train is neither beside"):
+        matrix.lerobot_cli("lerobot-train")

@@ -15,6 +15,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -30,6 +31,7 @@ from cdp_plugin.bench.matrix import (
     policy_flags,
     profile_with,
     run_matrix,
+    task_skip_reason,
 )
 
 
@@ -73,8 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--section",
         default=None,
-        help="RESULTS.md section to write: bench:matrix (default) or "
-        "bench:penalty (the penalty strength study: success and action variance vs gamma, success vs steps)",
+        help="RESULTS.md section to write: bench:matrix (default), "
+        "bench:penalty (the penalty strength study: success and action variance vs gamma, success vs steps) "
+        "or bench:<name> (the matrix report in a section of its own, e.g. a GPU run beside the CPU one)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="matrix directory (default outputs/bench_<profile>)"
@@ -85,6 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fractions", default=None, help="comma-separated data fractions, e.g. 1.0,0.1")
     p.add_argument("--steps", type=int, default=None, help="training steps per cell")
     p.add_argument("--device", default=None, help="cpu | cuda")
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="lerobot-train data-loading workers per cell"
+    )
+    p.add_argument(
+        "--eval-jobs",
+        type=int,
+        default=None,
+        help="evaluations of a cell run side by side (default 1; more on a machine with spare cores)",
+    )
     p.add_argument(
         "--results", type=Path, default=None, help="RESULTS.md to update (default benchmarks/RESULTS.md)"
     )
@@ -136,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_episodes=per_task(a.eval_episodes),
         dataset_episodes=per_task(a.dataset_episodes),
         mode_episodes=a.mode_episodes,
+        num_workers=a.num_workers,
+        eval_jobs=a.eval_jobs,
     )
     for pol in profile.policies:
         try:
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         if (out / "logs").is_dir()
         else []
     )
-    skipped = {t: TASKS[t].skip_reason for t in profile.tasks if TASKS[t].skip_reason}
+    skipped = {t: r for t in profile.tasks if (r := task_skip_reason(TASKS[t], profile, out))}
     prof = asdict(profile)
     # report every policy / task / fraction / seed found among the finished cells (runs may add to a directory)
     from cdp_plugin.bench.matrix import POLICIES
@@ -238,11 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         paths = make_plots(agg, prof, plots, PENALTY_PLOTS)
         shown = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths]
         replace_section(results, PENALTY_TAG, penalty_markdown(agg, prof, meta, failed, shown))
-    elif (a.section or MATRIX_TAG) == MATRIX_TAG:
-        replace_section(results, MATRIX_TAG, matrix_markdown(agg, prof, meta, skipped, failed))
+    elif re.fullmatch(r"bench:[a-z0-9][a-z0-9_-]*", a.section or MATRIX_TAG):
+        # the matrix report; a section of its own (e.g. bench:standard-gpu) keeps another run's matrix intact
+        tag = a.section or MATRIX_TAG
+        replace_section(results, tag, matrix_markdown(agg, prof, meta, skipped, failed))
         paths = make_plots(agg, prof, plots)
     else:
-        raise SystemExit(f"cdp-bench: --section must be {MATRIX_TAG} or {PENALTY_TAG}, got {a.section!r}")
+        raise SystemExit(
+            f"cdp-bench: --section must be {MATRIX_TAG}, {PENALTY_TAG} or another bench:<name>, got {a.section!r}"
+        )
     print(compact_table(agg))
     print(f"wrote {results} and {', '.join(str(p) for p in paths)}")
     return 1 if status["failed"] else 0

@@ -27,6 +27,21 @@ from cdp_plugin.envs.tasks import (  # the one task table (env type, dataset, be
 
 BIN = Path(sys.executable).parent
 
+
+def lerobot_cli(name: str) -> Path:
+    """A LeRobot console script (``lerobot-train``, ``lerobot-eval``): beside this interpreter (a venv), else on
+    ``PATH`` (``pip install --user`` / ``--prefix`` put scripts elsewhere)."""
+    here = BIN / name
+    if here.is_file():
+        return here
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(
+            f"{name} is neither beside {sys.executable} nor on PATH: is lerobot installed?"
+        )
+    return Path(found)
+
+
 # policy name -> lerobot-train flags
 POLICIES: dict[str, list[str]] = {
     "dp": ["--policy.type=diffusion"],
@@ -157,6 +172,7 @@ class Profile:
     plateau_evals: bool = False  # evaluate DP at every checkpoint: did its success stop rising?
     probe_n_lambda: int = 16  # observations of the per-step lambda profile
     step_time_repeats: int = 8  # interleaved in-process train steps (policy vs same-size DP)
+    eval_jobs: int = 1  # lerobot-eval processes of a cell run side by side (a machine with spare cores)
 
     def train_flags(self) -> list[str]:
         return [
@@ -255,11 +271,26 @@ class Cell:
         return f"{self.task}__{self.policy}__f{round(self.fraction * 100):03d}__s{self.seed}"
 
 
-def cells_of(profile: Profile) -> list[Cell]:
+def dataset_root(task: TaskSpec, profile: Profile, out: Path) -> Path:
+    """Where a matrix directory keeps a task's dataset (made once, seed 0)."""
+    n_episodes = profile.dataset_episodes.get(task.name, task.bench.dataset_episodes)
+    return Path(out) / "data" / f"{task.name}_{n_episodes}ep"
+
+
+def task_skip_reason(task: TaskSpec, profile: Profile, out: Path | None = None) -> str | None:
+    """Why ``task`` cannot run: its recorded source data are missing *and* ``out`` holds no dataset made from
+    them (a matrix directory carried to another machine keeps its converted Push-T data)."""
+    reason = task.skip_reason
+    if reason is None or out is None:
+        return reason
+    return None if (dataset_root(task, profile, out) / "meta" / "info.json").is_file() else reason
+
+
+def cells_of(profile: Profile, out: Path | None = None) -> list[Cell]:
     return [
         Cell(t, p, f, s)
         for t in profile.tasks
-        if TASKS[t].skip_reason is None
+        if task_skip_reason(TASKS[t], profile, out) is None
         for f in profile.fractions
         for s in profile.seeds
         for p in profile.policies
@@ -296,7 +327,7 @@ def _run(cmd: list[str], log: Path, env: dict[str, str], timeout: float | None =
 def ensure_dataset(task: TaskSpec, profile: Profile, out: Path, env: dict[str, str]) -> Path:
     """The task's dataset (generated or converted once per matrix directory, seed 0)."""
     n_episodes = profile.dataset_episodes.get(task.name, task.bench.dataset_episodes)
-    root = out / "data" / f"{task.name}_{n_episodes}ep"
+    root = dataset_root(task, profile, out)
     if not (root / "meta" / "info.json").is_file():
         _run(
             [
@@ -360,7 +391,7 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
         "policy_flags": policy_flags(profile, cell.policy),
     }
     train_cmd = [
-        BIN / "lerobot-train",
+        lerobot_cli("lerobot-train"),
         *policy_flags(profile, cell.policy),
         *profile.train_flags(),
         *task.bench.train_args,
@@ -392,30 +423,33 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
 
     n_eval = profile.eval_episodes.get(cell.task, task.bench.eval_episodes)
     t0 = time.time()
-    record["eval"], record["eval_cmd"] = evaluate(
-        ckpt, cell, profile, run_dir / "eval", n_eval, profile.num_inference_steps, env
-    )
-    # success vs number of sampling steps (same episodes and seeds as the main evaluation)
+    # every evaluation of the cell: the main one (DDIM-num_inference_steps), success vs sampling steps, and
+    # for DP under plateau_evals every earlier checkpoint (the last one is the main evaluation itself)
+    jobs: dict[str, tuple[Path, Path, int]] = {"main": (ckpt, run_dir / "eval", profile.num_inference_steps)}
+    for k in sorted(set(profile.eval_steps) - {profile.num_inference_steps}):
+        jobs[f"k{k}"] = (ckpt, run_dir / f"eval_k{k}", k)
+    plateau = profile.plateau_evals and is_dp(policy_flags(profile, cell.policy))
+    ckpt_steps = sorted(int(ck.name) for ck in (train_dir / "checkpoints").glob("[0-9]*"))
+    if plateau:
+        for step in ckpt_steps:
+            if step != profile.steps:
+                jobs[f"at{step}"] = (
+                    train_dir / "checkpoints" / f"{step:06d}" / "pretrained_model",
+                    run_dir / f"eval_at_{step:06d}",
+                    profile.num_inference_steps,
+                )
+    results = run_evaluations(jobs, cell, profile, n_eval, env)
+    record["eval"], record["eval_cmd"] = results["main"]
     record["eval_by_steps"] = {str(profile.num_inference_steps): record["eval"]}
     for k in sorted(set(profile.eval_steps) - {profile.num_inference_steps}):
-        record["eval_by_steps"][str(k)], _ = evaluate(
-            ckpt, cell, profile, run_dir / f"eval_k{k}", n_eval, k, env
-        )
-    if profile.plateau_evals and is_dp(policy_flags(profile, cell.policy)):
+        record["eval_by_steps"][str(k)] = results[f"k{k}"][0]
+    if plateau:
         record["success_over_training"] = [
             {
-                "step": int(ck.name),
-                "successes": evaluate(
-                    ck / "pretrained_model",
-                    cell,
-                    profile,
-                    run_dir / f"eval_at_{ck.name}",
-                    n_eval,
-                    profile.num_inference_steps,
-                    env,
-                )[0]["successes"],
+                "step": step,
+                "successes": results["main" if step == profile.steps else f"at{step}"][0]["successes"],
             }
-            for ck in sorted((train_dir / "checkpoints").glob("[0-9]*"))
+            for step in ckpt_steps
         ]
     record["eval_wall_s"] = time.time() - t0
     if profile.mode_episodes:
@@ -456,6 +490,24 @@ def run_cell(cell: Cell, profile: Profile, out: Path, probe_settings=None) -> di
     return record
 
 
+def run_evaluations(
+    jobs: dict[str, tuple[Path, Path, int]], cell: Cell, profile: Profile, n_eval: int, env: dict[str, str]
+) -> dict[str, tuple[dict, str]]:
+    """``evaluate`` every ``name -> (checkpoint, eval_dir, sampling steps)``, ``profile.eval_jobs`` at a time.
+
+    Each evaluation is its own ``lerobot-eval`` process (one simulator thread), so on a machine with cores to
+    spare (a GPU box) they run side by side; the first failure is raised once all have ended.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = lambda job: evaluate(job[0], cell, profile, job[1], n_eval, job[2], env)
+    if profile.eval_jobs <= 1 or len(jobs) <= 1:
+        return {name: run(job) for name, job in jobs.items()}
+    with ThreadPoolExecutor(max_workers=profile.eval_jobs) as pool:
+        futures = {name: pool.submit(run, job) for name, job in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
 def evaluate(
     ckpt: Path, cell: Cell, profile: Profile, eval_dir: Path, n_eval: int, steps: int, env: dict[str, str]
 ) -> tuple[dict, str]:
@@ -463,7 +515,7 @@ def evaluate(
     task = TASKS[cell.task]
     dp = is_dp(policy_flags(profile, cell.policy))
     eval_cmd = [
-        BIN / "lerobot-eval",
+        lerobot_cli("lerobot-eval"),
         f"--policy.path={ckpt}",
         f"--policy.device={profile.device}",
         f"--policy.num_inference_steps={steps}",
@@ -512,7 +564,7 @@ def run_matrix(
     from tqdm.auto import tqdm
 
     out = Path(out)
-    cells = cells_of(profile)
+    cells = cells_of(profile, out)
     status: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
     write_json_atomic(out / "profile.json", asdict(profile))
     bar = tqdm(cells, desc=f"cdp-bench {profile.name}", disable=not progress, unit="cell")

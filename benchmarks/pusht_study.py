@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         help="an extra policy, e.g. g0.1=cdp:--policy.contraction_weight=0.1 (repeatable; added to the policies)",
     )
     p.add_argument("--device", default=None, help="cpu (default) | cuda")
+    p.add_argument("--num-workers", type=int, default=None, help="lerobot-train data workers (default 1)")
     a = p.parse_args(argv)
     study = Study()
     saved = a.out / "study.json"
@@ -447,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_episodes": a.eval_episodes,
         "batch_size": a.batch_size,
         "embed_dim": a.embed_dim,
+        "num_workers": a.num_workers,
     }
     for name, val in sizes.items():
         if val is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import draccus
@@ -54,7 +55,12 @@ def _run(script: str, *args: str) -> str:
 
 
 def test_contraction_cost_benchmark_runs():
-    out = _run("contraction_cost.py", "--dims", "2", "--steps", "1", "--batch-size", "4", "--no-write")
+    out = _run(
+        "contraction_cost.py",
+        *("--dims", "2,7", "--official-dims", "32", "--steps", "1", "--batch-size", "4", "--no-write"),
+    )
+    assert "| 112 | CDP fd_probe (default) |" in out and "| 112 | official full Jacobian |" not in out
+    assert "contraction_cost.py --dims 2,7 --official-dims 32" in out  # the header names the run's flags
     for name in (
         "DP (no penalty)",
         "CDP fd_probe (default)",
@@ -69,3 +75,49 @@ def test_contraction_cost_benchmark_runs():
 def test_inference_speed_benchmark_runs():
     out = _run("inference_speed.py", "--repeats", "1", "--no-write")
     assert "DDPM-100" in out and "DPM-Solver++(2M)-10" in out and "speed-up vs DDPM-100" in out
+
+
+def test_pusht_study_variants_and_report(tmp_path, monkeypatch):
+    """``pusht_study.py --variant``: a cell of a variant trains with its flags, evaluates with DDIM through the
+    right flag for its base, and the report names it with its flags beside the built-in policies."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pusht_study.py"
+    spec = importlib.util.spec_from_file_location("pusht_study", path)
+    ps = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pusht_study", ps)  # its dataclasses look their module up
+    spec.loader.exec_module(ps)
+    from cdp_plugin.bench.matrix import parse_variant
+
+    study = ps.Study(variants=dict([parse_variant("g0.05=cdp:--policy.contraction_weight=0.05")]))
+    assert ps.policy_flags(study, "g0.05") == ["--policy.type=cdp", "--policy.contraction_weight=0.05"]
+    assert ps.eval_sampler(study, "g0.05") == ["--policy.sampler=ddim"]
+    study.variants["e"] = ["--policy.type=diffusion", "--policy.horizon=16"]
+    assert ps.eval_sampler(study, "e") == ["--policy.noise_scheduler_type=DDIM"]
+    with pytest.raises(ValueError, match="unknown policy"):
+        ps.policy_flags(study, "nope")
+    assert "--policy.device=cuda" in ps.Study(device="cuda").train_flags()
+
+    out = tmp_path / "study"
+    (out / "cells").mkdir(parents=True)
+    ev = {"successes": [True, False], "max_rewards": [1.0, 0.5], "pc_success": 50.0, "avg_max_reward": 0.75}
+    for pol, st in (("dp_x0", ps.Study()), ("g0.05", study)):
+        rec = {
+            "id": ps.cell_id(pol, 1.0, 0),
+            "policy": pol,
+            "fraction": 1.0,
+            "seed": 0,
+            "episodes": None,
+            "curve": [{"step": 3000, **ev}],
+            "final": {"step": 3000, **ev},
+            "study": asdict(st),
+        }
+        (out / "cells" / f"{rec['id']}.json").write_text(json.dumps(rec))
+    res = tmp_path / "RESULTS.md"
+    res.write_text("# R\n")
+    assert ps.main(["--out", str(out), "--report", "--results", str(res)]) == 0
+    text = res.read_text()
+    assert "| g0.05 (`cdp` --policy.contraction_weight=0.05) | 100 % | 0 | 1/2 = 50 %" in text
+    assert "| DP-x0 (`cdp`, no penalty) | 100 % | 0 |" in text and "<!-- bench:pusht -->" in text
+    with pytest.raises(SystemExit, match="expected name=base"):
+        ps.main(["--out", str(out), "--variant", "no-equals-sign"])

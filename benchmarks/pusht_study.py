@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cdp_plugin.bench.matrix import lerobot_cli
+from cdp_plugin.bench.matrix import flags_of, is_dp, lerobot_cli
 from cdp_plugin.envs.tasks import ENV_MIN_MAX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,18 +107,12 @@ class Study:
 
 def policy_flags(study: Study, policy: str) -> list[str]:
     """lerobot-train flags of a built-in policy or a ``--variant``."""
-    if policy in study.variants:
-        return list(study.variants[policy])
-    if policy in POLICIES:
-        return list(POLICIES[policy])
-    raise ValueError(
-        f"unknown policy {policy!r}; built-in: {sorted(POLICIES)}; variants: {sorted(study.variants)}"
-    )
+    return flags_of(policy, study.variants, POLICIES)
 
 
 def eval_sampler(study: Study, policy: str) -> list[str]:
     """DDIM at evaluation: LeRobot's ``diffusion`` through its scheduler type, ``cdp`` through its sampler."""
-    return EVAL_SAMPLER["dp" if "--policy.type=diffusion" in policy_flags(study, policy) else "cdp"]
+    return EVAL_SAMPLER["dp" if is_dp(policy_flags(study, policy)) else "cdp"]
 
 
 def label(study: dict, policy: str) -> str:

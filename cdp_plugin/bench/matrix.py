@@ -123,15 +123,20 @@ def load_variants(path: str | Path) -> dict[str, list[str]]:
     return dict(_variant(str(k), v) for k, v in data.items())
 
 
+def flags_of(
+    name: str, variants: dict[str, list[str]], builtins: dict[str, list[str]] = POLICIES
+) -> list[str]:
+    """The lerobot-train flags of a variant (first) or a built-in policy; a clear error naming both lists."""
+    if name in variants:
+        return list(variants[name])
+    if name in builtins:
+        return list(builtins[name])
+    raise ValueError(f"unknown policy {name!r}; built-in: {sorted(builtins)}; variants: {sorted(variants)}")
+
+
 def policy_flags(profile: Profile, name: str) -> list[str]:
     """The lerobot-train flags of a policy or variant of ``profile``."""
-    if name in profile.variants:
-        return list(profile.variants[name])
-    if name in POLICIES:
-        return list(POLICIES[name])
-    raise ValueError(
-        f"unknown policy {name!r}; built-in: {sorted(POLICIES)}; variants: {sorted(profile.variants)}"
-    )
+    return flags_of(name, profile.variants)
 
 
 def is_dp(flags: list[str]) -> bool:

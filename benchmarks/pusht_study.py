@@ -37,12 +37,13 @@ ENV_NORMALIZATION = ENV_MIN_MAX  # the task table's: keypoints (FeatureType.ENV)
 POLICIES = {
     "dp": ["--policy.type=diffusion"],
     "dp_x0": ["--policy.type=cdp", "--policy.contraction_loss=none"],
-    "cdp": ["--policy.type=cdp"],
+    # pinned: this study's CDP cells train at gamma 0.2, whatever cdp's default
+    "cdp": ["--policy.type=cdp", "--policy.contraction_weight=0.2"],
 }
 LABELS = {
     "dp": "DP (LeRobot `diffusion`, epsilon)",
     "dp_x0": "DP-x0 (`cdp`, no penalty)",
-    "cdp": "CDP (`cdp` at its defaults: frobenius, per-dimension gamma 0.2)",
+    "cdp": "CDP (`cdp`, Frobenius penalty, per-dimension γ 0.2)",
 }
 # evaluation sampler: DDIM, 10 steps, for all three (LeRobot's DDPM-100 is 10x slower on CPU)
 EVAL_SAMPLER = {

@@ -142,7 +142,9 @@ class ContractionConfig:
         ),
     )
     weight: float = field(
-        default=0.2,  # chosen by the penalty strength study (benchmarks/RESULTS.md, "Penalty strength")
+        # the penalty strength study's pick (benchmarks/RESULTS.md, "Penalty strength: what the study says"):
+        # the largest gamma that costs no Push-T success against the no-penalty control (0.2 did)
+        default=0.1,
         metadata=_doc(
             "gamma, weight of the penalty in the total loss (per-dimension units, see `normalization`)"
         ),

@@ -299,13 +299,18 @@ def test_7_ctrl_c_says_how_to_resume(pusht_like_dataset, tmp_path):
         "--log_freq=1",
     ]
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoints" / "last" / "training_state" / "training_step.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=300)  # a loaded CI machine saves its last checkpoint slowly
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "last" / "training_state" / "training_step.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=300)  # a loaded CI machine saves its last checkpoint slowly
+    finally:  # a failed wait must not leave a 100000-step training running beside the rest of the suite
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, stderr[-3000:]
     assert not has_traceback(stderr)
     assert (

@@ -117,9 +117,16 @@ def eval_sampler(study: Study, policy: str) -> list[str]:
 
 
 def label(study: dict, policy: str) -> str:
+    """The report's name of a policy; a variant that only sets cdp's default gamma says so."""
     if policy in LABELS:
         return LABELS[policy]
     extra = [f for f in study.get("variants", {}).get(policy, []) if not f.startswith("--policy.type=")]
+    from cdp_plugin.contraction import ContractionConfig
+
+    default = ContractionConfig().weight
+    is_default = len(extra) == 1 and re.fullmatch(r"--policy\.contraction_weight=([0-9.eE+-]+)", extra[0])
+    if is_default and float(is_default.group(1)) == default:
+        return f"CDP at cdp's default, {policy} (`cdp` {extra[0]})"
     return f"{policy} (`cdp` {' '.join(extra)})"
 
 
@@ -432,7 +439,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default=None, help="cpu (default) | cuda")
     p.add_argument("--num-workers", type=int, default=None, help="lerobot-train data workers (default 1)")
+    p.add_argument(
+        "--section",
+        default=PUSHT_TAG,
+        help=f"RESULTS.md section written with --results: {PUSHT_TAG} (default) or another bench:<name> "
+        "(e.g. a longer study beside the first)",
+    )
     a = p.parse_args(argv)
+    if not re.fullmatch(r"bench:[a-z0-9][a-z0-9_-]*", a.section):
+        raise SystemExit(f"pusht_study: --section must look like bench:<name>, got {a.section!r}")
     study = Study()
     saved = a.out / "study.json"
     if saved.is_file():  # a resumed study keeps its sizes
@@ -480,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.results:
         from cdp_plugin.bench.results_file import replace_section
 
-        replace_section(a.results, PUSHT_TAG, md)
+        replace_section(a.results, a.section, md)
     return 0
 
 

@@ -121,3 +121,15 @@ def test_pusht_study_variants_and_report(tmp_path, monkeypatch):
     assert "| DP-x0 (`cdp`, no penalty) | 100 % | 0 |" in text and "<!-- bench:pusht -->" in text
     with pytest.raises(SystemExit, match="expected name=base"):
         ps.main(["--out", str(out), "--variant", "no-equals-sign"])
+    # a second study writes its own section and leaves the first alone; a variant at cdp's default says so
+    from cdp_plugin.contraction import ContractionConfig
+
+    study.variants["gd"] = ["--policy.type=cdp", f"--policy.contraction_weight={ContractionConfig().weight}"]
+    assert ps.label(asdict(study), "gd").startswith("CDP at cdp's default, gd")
+    assert ps.main(["--out", str(out), "--report", "--results", str(res), "--section", "bench:pusht-8k"]) == 0
+    text2 = res.read_text()
+    assert (
+        "<!-- bench:pusht-8k -->" in text2 and text2.count("| DP-x0 (`cdp`, no penalty) | 100 % | 0 |") == 2
+    )
+    with pytest.raises(SystemExit, match="--section"):
+        ps.main(["--out", str(out), "--report", "--section", "pusht"])

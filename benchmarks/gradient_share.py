@@ -1,9 +1,12 @@
 """How much of the training gradient the contraction penalty is, at mid-training.
 
     python benchmarks/gradient_share.py --matrix outputs/study13 --task pointmaze \\
-        --policies cdp_g0.1_all,cdp_g1_all,cdp_hinge_g1_all --results benchmarks/RESULTS.md
+        --matrix outputs/pusht_cpu4k --task pusht \\
+        --policies cdp_g0.1_all,cdp_g1_all,cdp_hinge_g1_all,g0.1 --results benchmarks/RESULTS.md
 
-For every finished ``cdp-bench`` cell of the named policies it loads the checkpoint nearest to half of the
+``--matrix`` / ``--task`` come in pairs (a ``cdp-bench --out`` directory or a ``benchmarks/pusht_study.py
+--out`` directory, whose task is ``pusht``); policies a directory does not hold are skipped. For every
+finished cell of the named policies it loads the checkpoint nearest to half of the
 training steps (``train/checkpoints/<step>``, the one at or after the middle) and, on ``--batches`` batches of
 ``--batch-size`` training windows of the cell's own dataset (fixed noise and timesteps per batch), splits
 the gradient of LeRobot's training loss on the UNet parameters into
@@ -45,6 +48,13 @@ def mid_checkpoint(train_dir: Path) -> tuple[int, Path]:
         raise FileNotFoundError(f"no checkpoints under {train_dir / 'checkpoints'}")
     step = next(s for s in steps if s >= steps[-1] / 2)
     return step, train_dir / "checkpoints" / f"{step:06d}" / "pretrained_model"
+
+
+def cell_info(cell: dict, matrix: Path) -> tuple[float, int, Path]:
+    """``(fraction, seed, dataset root)`` of a ``cdp-bench`` cell or of a ``pusht_study.py`` cell."""
+    if "cell" in cell:  # cdp-bench
+        return cell["cell"]["fraction"], cell["cell"]["seed"], Path(cell["dataset"])
+    return cell["fraction"], cell["seed"], matrix / "data" / "pusht_keypoints"
 
 
 def _grad(policy, batch: dict, weight: float) -> torch.Tensor:
@@ -110,15 +120,15 @@ def markdown(rows: list[dict], argv: str, wall_s: float) -> str:
         "'paper /D² at 0.1' = the share the paper's default (γ 0.1, `/D²` mean) has on the same weights "
         "(per-dimension Frobenius cells: 0.1/γ · share / D).",
         "",
-        "| task | policy | loss | γ | D | step | seeds | share | cos(∇P, ∇L) | paper /D² at 0.1 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | data | policy | loss | γ | D | step | seeds | share | cos(∇P, ∇L) | paper /D² at 0.1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         paper = "–"
         if r["loss"] == "frobenius" and r["normalization"] == "per_dim":
             paper = _fmt([0.1 / r["gamma"] * s / r["D"] for s in r["shares"]])
         lines.append(
-            f"| {r['task']} | {r['policy']} | {r['loss']} | {r['gamma']:g} | {r['D']} | {r['step']} | "
+            f"| {r['task']} | {round(100 * r['fraction'])} % | {r['policy']} | {r['loss']} | {r['gamma']:g} | {r['D']} | {r['step']} | "
             f"{r['seeds']} | {_fmt(r['shares'])} | {_fmt(r['cosines'], pct=False)} | {paper} |"
         )
     return "\n".join(lines)
@@ -128,35 +138,57 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--matrix", type=Path, required=True, help="a cdp-bench --out directory")
-    p.add_argument("--task", default="pointmaze")
+    p.add_argument(
+        "--matrix",
+        type=Path,
+        action="append",
+        required=True,
+        help="a cdp-bench or pusht_study.py --out directory (repeatable, one --task each)",
+    )
+    p.add_argument("--task", action="append", default=None, help="the task of each --matrix (pointmaze)")
     p.add_argument("--policies", required=True, help="comma-separated cdp-bench policy / variant names")
-    p.add_argument("--fraction", type=float, default=None, help="only cells of this data fraction")
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=None,
+        help="only cells of this data fraction (default: every fraction, one row each)",
+    )
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section into")
     a = p.parse_args(argv)
+    tasks = a.task or ["pointmaze"]
+    if len(tasks) != len(a.matrix):
+        raise SystemExit(
+            f"gradient_share: {len(a.matrix)} --matrix but {len(tasks)} --task; give one task each"
+        )
     t0 = time.time()
     torch.set_num_threads(1)
     rows = []
-    for policy in a.policies.split(","):
-        cells = sorted((a.matrix / "cells").glob(f"{a.task}__{policy}__f*__s*.json"))
-        per = {"shares": [], "cosines": [], "seeds": []}
-        for path in cells:
-            cell = json.loads(path.read_text())
-            if a.fraction is not None and abs(cell["cell"]["fraction"] - a.fraction) > 1e-9:
-                continue
-            step, ckpt = mid_checkpoint(a.matrix / "runs" / cell["id"] / "train")
-            r = gradient_share(ckpt, Path(cell["dataset"]), a.batches, a.batch_size)
-            per["shares"] += r["shares"]
-            per["cosines"] += r["cosines"]
-            per["seeds"].append(cell["cell"]["seed"])
-            per.update({k: r[k] for k in ("gamma", "loss", "normalization", "D")}, step=step)
-            print(f"{cell['id']}: step {step}, share {_fmt(r['shares'])}", flush=True)
-        if per["shares"]:
-            rows.append({"task": a.task, "policy": policy, **per, "seeds": len(per["seeds"])})
+    for matrix, task in zip(a.matrix, tasks, strict=True):
+        for policy in a.policies.split(","):
+            groups: dict[float, dict] = {}  # one row per data fraction
+            for path in sorted((matrix / "cells").glob(f"{task}__{policy}__f*__s*.json")):
+                cell = json.loads(path.read_text())
+                fraction, seed, dataset = cell_info(cell, matrix)
+                if a.fraction is not None and abs(fraction - a.fraction) > 1e-9:
+                    continue
+                step, ckpt = mid_checkpoint(matrix / "runs" / cell["id"] / "train")
+                r = gradient_share(ckpt, dataset, a.batches, a.batch_size)
+                per = groups.setdefault(fraction, {"shares": [], "cosines": [], "seeds": []})
+                per["shares"] += r["shares"]
+                per["cosines"] += r["cosines"]
+                per["seeds"].append(seed)
+                per.update({k: r[k] for k in ("gamma", "loss", "normalization", "D")}, step=step)
+                print(f"{cell['id']}: step {step}, share {_fmt(r['shares'])}", flush=True)
+            for fraction, per in sorted(groups.items(), key=lambda kv: -kv[0]):
+                rows.append(
+                    {"task": task, "policy": policy, "fraction": fraction, **per, "seeds": len(per["seeds"])}
+                )
     if not rows:
-        raise SystemExit(f"no finished cells of {a.policies} under {a.matrix / 'cells'}")
+        raise SystemExit(
+            f"no finished cells of {a.policies} under {', '.join(str(m / 'cells') for m in a.matrix)}"
+        )
     md = markdown(rows, " ".join(sys.argv[1:] if argv is None else argv), time.time() - t0)
     print(md)
     if a.results:

@@ -92,11 +92,13 @@ def test_tiny_cell_end_to_end_and_resume(tmp_path):
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     ).stdout
     row = next(
-        line for line in results.read_text().splitlines() if line.startswith(f"| pointmaze | {name} |")
+        line
+        for line in results.read_text().splitlines()
+        if line.startswith("| pointmaze | ") and f"| {name} |" in line
     )
     cols = [c.strip() for c in row.strip("|").split("|")]
-    assert cols[2:6] == ["frobenius", "3", "32", "2"], cols  # loss, gamma, D, mid checkpoint (of 2, 4)
-    share = float(cols[7].split(" %")[0])
+    assert cols[3:7] == ["frobenius", "3", "32", "2"], cols  # loss, gamma, D, mid checkpoint (of 2, 4)
+    share = float(cols[8].split(" %")[0])
     assert 0 < share < 1e4 and math.isfinite(share), out
 
 

@@ -133,3 +133,25 @@ def test_pusht_study_variants_and_report(tmp_path, monkeypatch):
     )
     with pytest.raises(SystemExit, match="--section"):
         ps.main(["--out", str(out), "--report", "--section", "pusht"])
+
+
+def test_gradient_share_reads_pusht_study_cells(tmp_path, monkeypatch):
+    """``gradient_share.py`` takes a ``pusht_study.py`` directory beside a cdp-bench one: a study cell's fraction,
+    seed and dataset come from its own layout, and ``--matrix`` / ``--task`` must pair up."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gradient_share.py"
+    spec = importlib.util.spec_from_file_location("gradient_share", path)
+    gs = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gradient_share", gs)
+    spec.loader.exec_module(gs)
+    study_cell = {"id": "pusht__g0.1__f100__s2", "policy": "g0.1", "fraction": 1.0, "seed": 2}
+    assert gs.cell_info(study_cell, tmp_path) == (1.0, 2, tmp_path / "data" / "pusht_keypoints")
+    bench_cell = {"id": "x", "cell": {"fraction": 0.1, "seed": 1}, "dataset": "/d/pointmaze"}
+    assert gs.cell_info(bench_cell, tmp_path) == (0.1, 1, Path("/d/pointmaze"))
+    with pytest.raises(SystemExit, match="give one task each"):
+        gs.main(
+            ["--matrix", str(tmp_path), "--matrix", str(tmp_path), "--task", "pusht", "--policies", "g0.1"]
+        )
+    with pytest.raises(SystemExit, match="no finished cells"):
+        gs.main(["--matrix", str(tmp_path), "--task", "pusht", "--policies", "g0.1"])

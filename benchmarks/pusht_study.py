@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cdp_plugin.bench.matrix import flags_of, is_dp, lerobot_cli
+from cdp_plugin.bench.matrix import flags_of, fraction_episodes, is_dp, lerobot_cli, subprocess_env
 from cdp_plugin.envs.tasks import ENV_MIN_MAX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,15 +134,7 @@ def cell_id(policy: str, fraction: float, seed: int) -> str:
 
 
 def sub_env(study: Study) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        WANDB_MODE="disabled",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS=str(study.threads),
-        MKL_NUM_THREADS=str(study.threads),
-    )
-    return env
+    return subprocess_env(study)  # offline, no wandb, study.threads threads: cdp-bench's environment
 
 
 def run(cmd: list, log: Path, env: dict[str, str]) -> None:
@@ -176,18 +167,6 @@ def ensure_dataset(out: Path, env: dict[str, str]) -> Path:
             env,
         )
     return root
-
-
-def episodes_of(root: Path, fraction: float, seed: int) -> list[int] | None:
-    """The episodes of a fraction (``episode_subset``, seed ``42 + seed``; the same for every policy)."""
-    if fraction >= 1.0:
-        return None
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-
-    from cdp_plugin.data.subsets import episode_subset
-
-    meta = LeRobotDatasetMetadata("local/pusht_keypoints", root=root)
-    return episode_subset(meta.total_episodes, fraction, seed=42 + seed)
 
 
 def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
@@ -282,7 +261,7 @@ def run_study(study: Study, out: Path) -> dict[str, list[str]]:
                 print(f"[{time.strftime('%H:%M:%S')}] {cid}", flush=True)
                 run_dir = out / "runs" / cid
                 try:
-                    episodes = episodes_of(root, fraction, seed)
+                    episodes = fraction_episodes(root, fraction, seed)  # the same subset for every policy
                     t0 = time.time()
                     train(study, policy, root, episodes, seed, run_dir, env)
                     train_s = time.time() - t0

@@ -303,6 +303,8 @@ def cells_of(profile: Profile, out: Path | None = None) -> list[Cell]:
 
 
 def subprocess_env(profile: Profile) -> dict[str, str]:
+    """Environment of the lerobot-train / -eval subprocesses: offline, no wandb, ``profile.threads`` threads
+    (anything with a ``threads`` field will do, e.g. ``benchmarks/pusht_study.py``'s ``Study``)."""
     env = dict(os.environ)
     env.update(
         HF_HUB_OFFLINE="1",

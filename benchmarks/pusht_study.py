@@ -235,6 +235,51 @@ def evaluate(study: Study, policy: str, ckpt: Path, seed: int, eval_dir: Path, e
     }
 
 
+def probe(study: Study, ckpt: Path, root: Path) -> dict:
+    """cdp-bench's probe of a final checkpoint on 16 dataset windows (``cdp_plugin.bench.probe``): per-observation
+    action variance, separation ratio and the per-step lambda profile of the deployed DDIM grid, whose
+    ``violation_frac`` is the share of windows where the step's exact contraction condition fails."""
+    from cdp_plugin.bench.aggregate import LOW_NOISE, violation_share
+    from cdp_plugin.bench.probe import ProbeSettings, probe_checkpoint
+
+    settings = ProbeSettings(
+        num_inference_steps=study.num_inference_steps, step_time_repeats=0, latency_repeats=1
+    )
+    out = probe_checkpoint(ckpt, root, settings)
+    prof = out["lambda_profile"]
+    return {
+        "action_var": out["action_var"]["mean"],
+        "sep_median": out["sep_ratio"]["median"],
+        "viol_all": violation_share(prof),
+        "viol_low": violation_share(prof, 0.0, LOW_NOISE),
+        "lambda_profile": prof,
+        "n_obs": out["action_var"]["n_obs"],
+    }
+
+
+def probe_cells(study: Study, out: Path) -> list[str]:
+    """Probe the last checkpoint of every finished cell that has no probe yet (``--probe``)."""
+    root = out / "data" / "pusht_keypoints"
+    done = []
+    for path in sorted((out / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        if "probe" in cell:
+            continue
+        cks = checkpoints(out / "runs" / cell["id"] / "train")
+        if not cks or cks[-1][0] != cell["final"]["step"]:
+            print(f"  {cell['id']}: no checkpoint at step {cell['final']['step']}, not probed", flush=True)
+            continue
+        cell["probe"] = probe(study, cks[-1][1], root)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(cell, indent=1))
+        tmp.replace(path)
+        done.append(cell["id"])
+        print(
+            f"  {cell['id']}: λ-viol {cell['probe']['viol_all']:.2f}, var {cell['probe']['action_var']:.3g}"
+        )
+    return done
+
+
 def train_seconds_per_step(log: Path) -> float | None:
     vals = (
         [float(x) for x in re.findall(r"updt_s:([0-9.]+)", log.read_text(errors="replace"))]
@@ -281,6 +326,7 @@ def run_study(study: Study, out: Path) -> dict[str, list[str]]:
                             f"{curve[-1]['avg_max_reward']:.3f}",
                             flush=True,
                         )
+                    probed = probe(study, cks[-1][1], root)
                 except Exception as e:  # noqa: BLE001 - keep going; the cell reruns next time
                     status["failed"].append(cid)
                     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -295,6 +341,7 @@ def run_study(study: Study, out: Path) -> dict[str, list[str]]:
                     "episodes": episodes,
                     "curve": curve,
                     "final": curve[-1],
+                    "probe": probed,
                     "train_wall_s_this_run": train_s,
                     "updt_s": train_seconds_per_step(run_dir / "train.log"),
                     "study": asdict(study),
@@ -315,6 +362,54 @@ def _pct(k: int, n: int) -> str:
 
     lo, hi = wilson_interval(k, n)
     return f"{k}/{n} = {100 * k / n:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def probe_table(study: dict, cells: list[dict]) -> list[str]:
+    """Markdown: the contraction probe of the last checkpoints per policy and fraction, against DP-x0."""
+    from cdp_plugin.bench.aggregate import LOW_NOISE
+    from cdp_plugin.bench.markdown import _range_sep
+
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        if "probe" in c:
+            groups.setdefault((c["policy"], c["fraction"]), []).append(c)
+    if not groups:
+        return []
+    lines = [
+        "",
+        (
+            f"Contraction probe of the last checkpoint ({next(iter(groups.values()))[0]['probe']['n_obs']} "
+            f"dataset windows per seed, the deployed DDIM-{study['num_inference_steps']} grid; "
+            "`cdp_plugin.bench.probe`, as in cdp-bench): λ-viol = share of (window, sampler step) outside the "
+            f"step's exact contraction window, over all steps and at the steps with t/T < {LOW_NOISE} (the last "
+            "one); action variance = per-window variance of the sampled action chunk (normalised units), mean "
+            "over windows; seed ranges against DP-x0 (`lower` / `higher` only where they do not overlap):"
+        ),
+        "",
+        "| policy | episodes | seeds | λ-viol, all steps (per seed) | λ-viol, last step (per seed) | "
+        "action variance (per seed) | variance / DP-x0 | vs DP-x0: all / last step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (pol, frac), cs in groups.items():
+        cs = sorted(cs, key=lambda c: c["seed"])
+        va = [c["probe"]["viol_all"] for c in cs]
+        vl = [c["probe"]["viol_low"] for c in cs]
+        var = [c["probe"]["action_var"] for c in cs]
+        ref = groups.get(("dp_x0", frac), [])
+        ratio, cmp = "–", "–"
+        if ref and pol != "dp_x0":
+            ref_var = sum(c["probe"]["action_var"] for c in ref) / len(ref)
+            ratio = f"{sum(var) / len(var) / ref_var:.2f}×"
+            cmp = (
+                f"{_range_sep(va, [c['probe']['viol_all'] for c in ref])} / "
+                f"{_range_sep(vl, [c['probe']['viol_low'] for c in ref])}"
+            )
+        lines.append(
+            f"| {label(study, pol)} | {round(frac * 100)} % | {len(cs)} | {sum(va) / len(va):.2f} "
+            f"({'/'.join(f'{v:.2f}' for v in va)}) | {sum(vl) / len(vl):.2f} ({'/'.join(f'{v:.2f}' for v in vl)}) | "
+            f"{sum(var) / len(var):.3g} ({'/'.join(f'{v:.3g}' for v in var)}) | {ratio} | {cmp} |"
+        )
+    return lines
 
 
 def report(out: Path) -> str:
@@ -370,6 +465,7 @@ def report(out: Path) -> str:
         lines.append(
             f"| {label(study, pol)} | {round(frac * 100)} % | {len(fs)} | {_pct(k, n)} | {amr:.3f} |"
         )
+    lines += probe_table(study, cells)
     lines += [
         "",
         "Learning curves (success % / avg max reward at each evaluated checkpoint; – = not evaluated):",
@@ -419,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu (default) | cuda")
     p.add_argument("--num-workers", type=int, default=None, help="lerobot-train data workers (default 1)")
     p.add_argument(
+        "--probe",
+        action="store_true",
+        help="probe the last checkpoint of finished cells that have no probe yet (no training), then report",
+    )
+    p.add_argument(
         "--section",
         default=PUSHT_TAG,
         help=f"RESULTS.md section written with --results: {PUSHT_TAG} (default) or another bench:<name> "
@@ -465,7 +566,9 @@ def main(argv: list[str] | None = None) -> int:
         if not a.policies:
             study.policies = [q for q in study.policies if q not in variants]
         study.policies += [v for v in variants if v not in study.policies]
-    if not a.report:
+    if a.probe:
+        print(json.dumps({"probed": probe_cells(study, a.out)}))
+    elif not a.report:
         sys.path.insert(0, str(REPO))
         status = run_study(study, a.out)
         print(json.dumps({k: len(v) for k, v in status.items()}))

@@ -113,9 +113,17 @@ def test_pusht_study_variants_and_report(tmp_path, monkeypatch):
             "study": asdict(st),
         }
         (out / "cells" / f"{rec['id']}.json").write_text(json.dumps(rec))
+    # the contraction probe of the last checkpoints: a table against DP-x0, seed ranges compared
+    for pol, viol, var in (("dp_x0", 0.5, 0.02), ("g0.05", 0.1, 0.004)):
+        path = out / "cells" / f"{ps.cell_id(pol, 1.0, 0)}.json"
+        rec = json.loads(path.read_text())
+        rec["probe"] = {"viol_all": viol, "viol_low": viol, "action_var": var, "sep_median": 0.5, "n_obs": 16}
+        path.write_text(json.dumps(rec))
     res = tmp_path / "RESULTS.md"
     res.write_text("# R\n")
     assert ps.main(["--out", str(out), "--report", "--results", str(res)]) == 0
+    probe_row = next(r for r in res.read_text().splitlines() if r.startswith("| g0.05 (") and "0.20×" in r)
+    assert probe_row.endswith("| lower / lower |"), probe_row
     text = res.read_text()
     assert "| g0.05 (`cdp` --policy.contraction_weight=0.05) | 100 % | 0 | 1/2 = 50 %" in text
     assert "| DP-x0 (`cdp`, no penalty) | 100 % | 0 |" in text and "<!-- bench:pusht -->" in text

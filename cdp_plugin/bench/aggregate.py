@@ -60,7 +60,8 @@ def success_stats(successes: list[bool]) -> dict:
     }
 
 
-def _viol(profile_rows: list[dict], lo: float = 0.0, hi: float = 1.0, T: int = 100) -> float | None:
+def violation_share(profile_rows: list[dict], lo: float = 0.0, hi: float = 1.0, T: int = 100) -> float | None:
+    """Mean ``violation_frac`` of a per-step lambda profile over the sampler steps with ``lo <= t/T < hi``."""
     rows = [r for r in profile_rows if lo <= r["t"] / T < hi]
     return mean([r["violation_frac"] for r in rows])
 
@@ -128,9 +129,9 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
             "sep_median": mean([c["probe"]["sep_ratio"]["median"] for c in cs]),
             "sep_per_seed": [c["probe"]["sep_ratio"]["median"] for c in cs],
             "viol": mean([r["violation_frac"] for p in prof for r in p]),
-            "viol_per_seed": [_viol(p) for p in prof],
-            "viol_low": mean([_viol(p, 0.0, LOW_NOISE) for p in prof]),
-            "viol_low_per_seed": [_viol(p, 0.0, LOW_NOISE) for p in prof],
+            "viol_per_seed": [violation_share(p) for p in prof],
+            "viol_low": mean([violation_share(p, 0.0, LOW_NOISE) for p in prof]),
+            "viol_low_per_seed": [violation_share(p, 0.0, LOW_NOISE) for p in prof],
             "lambda_low_noise": mean([min(p, key=lambda r: r["t"])["lambda_max_mean"] for p in prof]),
             "time_ratio": mean(ratios),
             "time_ratio_per_seed": ratios,

@@ -298,7 +298,19 @@ def test_7_ctrl_c_says_how_to_resume(pusht_like_dataset, tmp_path):
         "--save_freq=2",
         "--log_freq=1",
     ]
-    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # PYTHONFAULTHANDLER: should the run not exit, SIGABRT makes it print every thread's stack into the failure.
+    # SIG_DFL: a suite started as a background job (`make test &`, `nohup`) inherits SIGINT *ignored*, and so
+    # would lerobot-train (Python then installs no KeyboardInterrupt handler, and training runs on): give it
+    # the disposition of a terminal's Ctrl-C
+    env = {**cli_env(), "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 300
         while not (out / "checkpoints" / "last" / "training_state" / "training_step.json").exists():
@@ -306,7 +318,13 @@ def test_7_ctrl_c_says_how_to_resume(pusht_like_dataset, tmp_path):
             time.sleep(0.2)
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=300)  # a loaded CI machine saves its last checkpoint slowly
+        try:
+            _, stderr = proc.communicate(timeout=300)  # a loaded CI machine saves its last checkpoint slowly
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            raise AssertionError(
+                "no exit 300 s after SIGINT; stacks:\n" + proc.communicate()[1][-8000:]
+            ) from None
     finally:  # a failed wait must not leave a 100000-step training running beside the rest of the suite
         if proc.poll() is None:
             proc.kill()

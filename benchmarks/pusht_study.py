@@ -133,10 +133,6 @@ def cell_id(policy: str, fraction: float, seed: int) -> str:
     return f"pusht__{policy}__f{round(fraction * 100):03d}__s{seed}"
 
 
-def sub_env(study: Study) -> dict[str, str]:
-    return subprocess_env(study)  # offline, no wandb, study.threads threads: cdp-bench's environment
-
-
 def run(cmd: list, log: Path, env: dict[str, str]) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
@@ -290,7 +286,7 @@ def train_seconds_per_step(log: Path) -> float | None:
 
 
 def run_study(study: Study, out: Path) -> dict[str, list[str]]:
-    env = sub_env(study)
+    env = subprocess_env(study)  # cdp-bench's: offline, no wandb, study.threads threads
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
     root = ensure_dataset(out, env)

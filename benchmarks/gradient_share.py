@@ -54,7 +54,7 @@ def cell_info(cell: dict, matrix: Path) -> tuple[float, int, Path]:
     """``(fraction, seed, dataset root)`` of a ``cdp-bench`` cell or of a ``pusht_study.py`` cell."""
     if "cell" in cell:  # cdp-bench
         return cell["cell"]["fraction"], cell["cell"]["seed"], Path(cell["dataset"])
-    return cell["fraction"], cell["seed"], matrix / "data" / "pusht_keypoints"
+    return cell["fraction"], cell["seed"], matrix / "data" / "pusht_keypoints"  # pusht_study.dataset_root
 
 
 def _grad(policy, batch: dict, weight: float) -> torch.Tensor:

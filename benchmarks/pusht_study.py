@@ -144,8 +144,13 @@ def run(cmd: list, log: Path, env: dict[str, str]) -> None:
         raise RuntimeError(f"{Path(str(cmd[0])).name} failed ({rc.returncode}); log {log}:\n{tail}")
 
 
+def dataset_root(out: Path) -> Path:
+    """Where a study directory keeps its converted keypoints dataset (``gradient_share.py`` reads it too)."""
+    return out / "data" / "pusht_keypoints"
+
+
 def ensure_dataset(out: Path, env: dict[str, str]) -> Path:
-    root = out / "data" / "pusht_keypoints"
+    root = dataset_root(out)
     if not (root / "meta" / "info.json").is_file():
         run(
             [
@@ -255,7 +260,7 @@ def probe(study: Study, ckpt: Path, root: Path) -> dict:
 
 def probe_cells(study: Study, out: Path) -> list[str]:
     """Probe the last checkpoint of every finished cell that has no probe yet (``--probe``)."""
-    root = out / "data" / "pusht_keypoints"
+    root = dataset_root(out)
     done = []
     for path in sorted((out / "cells").glob("*.json")):
         cell = json.loads(path.read_text())

@@ -63,6 +63,14 @@ except ``exact``; cost does not grow with D):
 * ``exact``: the full Jacobian (``D <= 256``); the reference for tests.
 * ``lanczos`` (hinge): extreme eigenvalues of ``sym J_x0`` by Lanczos with full re-orthogonalisation; the
   gradient flows through the Rayleigh quotient of the detached Ritz vectors (Hellmann-Feynman).
+* ``fd_ritz`` (hinge, ``fused``): the hinge on one first-order Rayleigh quotient ``u^T J_x0 u / |u|^2``
+  whose probe row rides in the denoising forward pass. The direction ``u`` is chosen beforehand, without a
+  graph: the Ritz vector of sym J_x0 on the Krylov space ``span{v, J_x0 v, ...}`` of dimension
+  ``krylov_dim`` (forward differences) whose Ritz value lies farthest outside the contraction interval.
+  Since ``u^T J_x0 u = u^T sym(J_x0) u`` lies in ``[lambda_min, lambda_max]`` for every ``u``, the penalty
+  is a lower bound of the exact hinge and is exactly 0 wherever the step already contracts: one-sided,
+  unlike the Frobenius penalty, which shrinks every singular value. Cost: ``krylov_dim + 1`` no-grad
+  forward passes on the penalised rows, no double backward.
 
 Both front ends (LeRobot ``policy/``, ``diffusion_policy/``) call the same two entry points:
 :func:`penalty_rows` (which batch rows are penalised, and the probe rows to append to the denoising
@@ -97,6 +105,7 @@ __all__ = [
     "fd_probe_rows",
     "fd_probe_penalty",
     "fd_probe_rayleigh",
+    "fd_ritz_direction",
     "penalty_sample_mask",
     "penalty_rows",
     "penalty_from_outputs",
@@ -138,7 +147,7 @@ class ContractionConfig:
         default="fd_probe",
         metadata=_doc(
             "frobenius: `fd_probe` (first-order probe in the same forward pass), `hutchinson` (official "
-            "symmetric form, double backward), `exact` (full Jacobian, D <= 256); hinge: `lanczos`, `exact`"
+            "symmetric form, double backward), `exact` (full Jacobian, D <= 256); hinge: `lanczos`, `fd_ritz` (one-sided, fused), `exact`"
         ),
     )
     weight: float = field(
@@ -172,6 +181,13 @@ class ContractionConfig:
         metadata=_doc("finite-difference step of `fd_probe` (raised to 0.05 under AMP autocast)"),
     )
     lanczos_iters: int = field(default=8, metadata=_doc("Lanczos steps (hinge and diagnostics)"))
+    krylov_dim: int = field(
+        default=3,
+        metadata=_doc(
+            "hinge `fd_ritz`: dimension k of the Krylov space its probe direction is chosen in (k + 1 no-grad "
+            "forward passes on the penalised rows)"
+        ),
+    )
     batch_fraction: float = field(
         default=0.25,
         metadata=_doc(
@@ -252,6 +268,7 @@ class ContractionConfig:
             ),
             (self.fd_step > 0, f"fd_step must be > 0, got {self.fd_step}"),
             (self.lanczos_iters >= 2, f"lanczos_iters must be >= 2, got {self.lanczos_iters}"),
+            (self.krylov_dim >= 1, f"krylov_dim must be >= 1, got {self.krylov_dim}"),
             (0 < self.batch_fraction <= 1, f"batch_fraction must be in (0, 1], got {self.batch_fraction}"),
             (self.every >= 1, f"every must be >= 1, got {self.every}"),
             (
@@ -639,6 +656,74 @@ def fd_probe_rayleigh(
     return (a * vv + c * (jv * vf).sum(1)) / vv
 
 
+def _violation_score(theta: Tensor, lower: Tensor | None, upper: Tensor) -> Tensor:
+    """How far eigenvalue estimates ``theta`` (n, k) lie outside ``(lower, upper)`` (n,); larger is worse."""
+    score = theta - upper[:, None]
+    return score if lower is None else torch.maximum(score, lower[:, None] - theta)
+
+
+@torch.no_grad()
+def fd_ritz_direction(
+    f: Denoiser,
+    x: Tensor,
+    v: Tensor,
+    a: Tensor,
+    c: Tensor,
+    lower: Tensor | None,
+    upper: Tensor,
+    fd_step: float,
+    krylov_dim: int,
+) -> Tensor:
+    """Probe direction of the ``fd_ritz`` hinge: the Ritz vector of sym J_x0 on the Krylov space
+    ``span{v, J_x0 v, ..., J_x0^(k-1) v}`` whose Ritz value lies farthest outside ``(lower, upper)``.
+
+    ``J_f u = (f(x + h u) - f(x)) / h`` by forward differences: ``k + 1`` network passes on the rows of
+    ``x`` (the first two in one call), no graph. The Krylov space of ``J_x0 = a I + c J_f`` is ``J_f``'s,
+    built by Arnoldi (Gram-Schmidt in float64). With the basis ``U`` and ``J_f U`` known, the Rayleigh-Ritz
+    step is small dense algebra: ``(a U^T U + c sym(U^T J_f U)) z = theta U^T U z``, solved through the
+    Gram matrix's eigenvectors with vanished directions dropped (``J_f = c I`` gives a 1-D space). ``u^T J_x0 u = u^T sym(J_x0) u``, so the transpose is never needed. The result is
+    scaled to ``|u| = |v|`` per sample, so the probe row ``x + h u`` moves as far as a plain probe.
+    """
+    n, k = x.shape[0], krylov_dim
+    norm = v.flatten(1).norm(dim=1)
+    y = f(torch.cat([x, x + fd_step * v]))
+    y0, yu = y[:n], y[n:]
+    U, JU = [], []  # Arnoldi basis of J_f's Krylov space (the same space as J_x0's) and J_f on it
+    u = v.flatten(1).double()
+    for i in range(k):
+        ju = ((yu - y0) / fd_step).flatten(1).double()
+        U.append(u)
+        JU.append(ju)
+        if i + 1 < k:
+            w = ju
+            for q in U:  # Gram-Schmidt against the basis so far, twice for round-off
+                w = w - ((w * q).sum(1) / (q * q).sum(1).clamp_min(1e-300))[:, None] * q
+            for q in U:
+                w = w - ((w * q).sum(1) / (q * q).sum(1).clamp_min(1e-300))[:, None] * q
+            wn = w.norm(dim=1)
+            ok = (wn > 1e-9 * ju.norm(dim=1)) & torch.isfinite(wn)
+            u = torch.where(
+                ok[:, None], w * (norm.double() / wn.clamp_min(1e-300))[:, None], torch.zeros_like(w)
+            )
+            yu = f(x + fd_step * u.to(x.dtype).reshape(x.shape))
+    Um = torch.stack(U, -1)  # (n, D, k); a column is 0 where the space closed early
+    G = Um.transpose(1, 2) @ Um
+    A = Um.transpose(1, 2) @ torch.stack(JU, -1)
+    A = a.double()[:, None, None] * G + c.double()[:, None, None] * 0.5 * (A + A.transpose(1, 2))
+    g, V = torch.linalg.eigh(G)
+    keep = g > 1e-8 * g[:, -1:].clamp_min(1e-300)
+    W = V * torch.where(keep, g.clamp_min(1e-300).rsqrt(), torch.zeros_like(g))[:, None, :]
+    theta, Z = torch.linalg.eigh(W.transpose(1, 2) @ A @ W)
+    dirs = Um @ (W @ Z)  # (n, D, k) Ritz vectors; zero where the Gram matrix dropped a direction
+    valid = dirs.norm(dim=1) > 1e-8 * Um.norm(dim=(1, 2))[:, None]
+    score = _violation_score(theta, None if lower is None else lower.double(), upper.double())
+    score = torch.where(valid, score, torch.full_like(score, -math.inf))
+    best = score.argmax(1)
+    d = dirs[torch.arange(n), :, best]
+    d = d * (norm.double() / d.norm(dim=1).clamp_min(1e-300))[:, None]
+    return d.to(v.dtype).reshape(v.shape)
+
+
 # --------------------------------------------------------------------------------------------------
 # The deployed sampler's steps on the training timestep axis
 # --------------------------------------------------------------------------------------------------
@@ -739,6 +824,16 @@ class PenaltyRows:
         return 0 if self.x is None else self.x.shape[0]
 
 
+def _step_bounds(
+    cfg: ContractionConfig, alpha_rows: Tensor, timesteps: Tensor | None, idx: Tensor, grid: StepGrid | None
+) -> tuple[Tensor | None, Tensor]:
+    """``(lower, upper)`` bounds on the eigenvalues of sym J_x0 for the rows ``idx``: the deployed grid's
+    exact per-step bounds (``threshold="sampler"`` with a grid), else ``(None, alpha_t)``."""
+    if cfg.threshold == "sampler" and grid is not None and timesteps is not None:
+        return grid.bounds(timesteps[idx], alpha_rows)
+    return None, alpha_rows
+
+
 def _fd_step(cfg: ContractionConfig, x: Tensor) -> float:
     """``fd_step``, raised to :data:`AMP_MIN_FD_STEP` under autocast (bf16/fp16 rounding)."""
     amp = torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu")
@@ -755,6 +850,10 @@ def penalty_rows(
     generator: torch.Generator | None = None,
     timesteps: Tensor | None = None,
     grid: StepGrid | None = None,
+    fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    alpha: Tensor | float | None = None,
+    sigma: Tensor | float | None = None,
+    prediction_type: str | None = None,
 ) -> PenaltyRows:
     """Entry point 1: which rows of the batch are penalised, and the rows to append to its forward pass.
 
@@ -762,6 +861,9 @@ def penalty_rows(
         x_t: noisy actions of the whole batch (B, ...), action channels only.
         t_frac: per-sample ``t / T`` (noise window). ``timesteps`` + ``grid``: the sampler-step window.
         probes: pinned probes over the full batch, (B, ...) or (K, B, ...) (tests, DDP checks).
+        fn, alpha, sigma, prediction_type: the denoiser ``fn(x_rows, idx)`` and the per-sample schedule,
+            needed only by estimators that choose their probe direction before the forward pass
+            (``fd_ritz``: its no-grad Krylov steps); the same arguments as :func:`penalty_from_outputs`.
     """
     B = x_t.shape[0]
     _check_finite(x_t=x_t)
@@ -774,11 +876,20 @@ def penalty_rows(
         return PenaltyRows(idx, probes=pv)
     h = _fd_step(cfg, x_t)
     xs = x_t[idx]
-    if pv is not None:
-        v = pv[0]
-        return PenaltyRows(idx, xs + h * v, v, h)
-    x_pert, v = fd_probe_rows(xs, h, cfg.probe, generator)
-    return PenaltyRows(idx, x_pert, v, h)
+    v = pv[0] if pv is not None else _probes(xs.shape, xs, cfg.probe, generator)
+    if ESTIMATOR_REGISTRY[(cfg.loss, cfg.estimator)].prepass and idx.numel() > 0:
+        if fn is None or alpha is None or sigma is None or prediction_type is None:
+            raise ValueError(
+                f"estimator {cfg.estimator!r} chooses its probe before the forward pass: pass fn, alpha, "
+                "sigma and prediction_type to penalty_rows"
+            )
+        a_s = _per_sample(alpha, B, x_t, "alpha_t")[idx]
+        s_s = _per_sample(sigma, B, x_t, "sigma_t")[idx]
+        a, c = x0_jacobian_coeffs(a_s, s_s, prediction_type)
+        lower, upper = _step_bounds(cfg, a_s, timesteps, idx, grid)
+        f_rows = lambda x: fn(x, idx.repeat(x.shape[0] // idx.numel()))  # noqa: E731
+        v = fd_ritz_direction(f_rows, xs.detach(), v, a, c, lower, upper, h, cfg.krylov_dim)
+    return PenaltyRows(idx, xs + h * v, v, h)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -818,13 +929,15 @@ class Estimator:
 
     ``fused``: its probe rows ride in the denoising forward pass (:func:`penalty_rows` makes them and
     :func:`penalty_from_outputs` reads ``y_rows``); otherwise ``fn`` calls the denoiser ``f`` itself.
-    ``max_dim``: largest D it accepts (``None``: any). Diagnostics may hold ``lambda_min`` / ``lambda_max``
-    (per-sample tensors of sym J_x0) and float entries.
+    ``max_dim``: largest D it accepts (``None``: any). ``prepass``: it chooses its probe direction before
+    the forward pass (:func:`penalty_rows` runs the denoiser without a graph). Diagnostics may hold
+    ``lambda_min`` / ``lambda_max`` (per-sample tensors of sym J_x0) and float entries.
     """
 
     fn: Callable[[PenaltyInputs], tuple[Tensor, dict]]
     fused: bool = False
     max_dim: int | None = None
+    prepass: bool = False
 
 
 def _sym_x0_exact(p: PenaltyInputs, create_graph: bool = True) -> Tensor:
@@ -897,6 +1010,19 @@ def hinge_lanczos(p: PenaltyInputs) -> tuple[Tensor, dict]:
     return _hinge(p, lmin, lmax), {"lambda_min": lmin.detach(), "lambda_max": lmax.detach()}
 
 
+def hinge_fd_ritz(p: PenaltyInputs) -> tuple[Tensor, dict]:
+    """Hinge on the first-order Rayleigh quotient ``r = u^T J_x0 u / |u|^2`` along the Ritz direction of
+    :func:`penalty_rows` (its row rode in the forward pass; the gradient flows through both outputs).
+    ``r`` lies between lambda_min and lambda_max of sym J_x0, so the penalty is a lower bound of the exact
+    hinge and vanishes where the step contracts. It stands in for both ends of the interval."""
+    r = p.rows
+    dt = torch.promote_types(p.y.dtype, torch.float32)
+    u = r.v.to(dt).flatten(1)
+    ju = ((p.y_rows.to(dt) - p.y.to(dt)) / r.fd_step).flatten(1)
+    ray = p.a.to(dt) + p.c.to(dt) * (ju * u).sum(1) / u.pow(2).sum(1)
+    return _hinge(p, ray, ray), {"probe_rayleigh": ray.detach().mean().item()}
+
+
 def hinge_exact(p: PenaltyInputs) -> tuple[Tensor, dict]:
     """Hinge on the exact extreme eigenvalues of sym J_x0."""
     ev = torch.linalg.eigvalsh(_sym_x0_exact(p))
@@ -909,6 +1035,7 @@ ESTIMATOR_REGISTRY: dict[tuple[str, str], Estimator] = {
     ("frobenius", "hutchinson"): Estimator(frobenius_hutchinson),
     ("frobenius", "exact"): Estimator(frobenius_exact, max_dim=EXACT_MAX_DIM),
     ("hinge", "lanczos"): Estimator(hinge_lanczos),
+    ("hinge", "fd_ritz"): Estimator(hinge_fd_ritz, fused=True, prepass=True),
     ("hinge", "exact"): Estimator(hinge_exact, max_dim=EXACT_MAX_DIM),
 }
 
@@ -997,9 +1124,7 @@ def penalty_from_outputs(
     else:
         y_sel = None
     a, c = x0_jacobian_coeffs(a_s, s_s, prediction_type)
-    lower, upper = None, a_s
-    if cfg.threshold == "sampler" and grid is not None and timesteps is not None:
-        lower, upper = grid.bounds(timesteps[idx], a_s)
+    lower, upper = _step_bounds(cfg, a_s, timesteps, idx, grid)
     p = PenaltyInputs(
         xs,
         a_s,
@@ -1065,7 +1190,19 @@ def contraction_penalty(
     """
     cfg = cfg or ContractionConfig()
     _check_prediction_type(prediction_type)
-    rows = penalty_rows(x_t, cfg, t_frac, probes=probes, generator=generator, timesteps=timesteps, grid=grid)
+    rows = penalty_rows(
+        x_t,
+        cfg,
+        t_frac,
+        probes=probes,
+        generator=generator,
+        timesteps=timesteps,
+        grid=grid,
+        fn=fn,
+        alpha=alpha,
+        sigma=sigma,
+        prediction_type=prediction_type,
+    )
     return penalty_from_outputs(
         rows,
         x_t,

@@ -241,6 +241,16 @@ def test_penalty_gradients_match_exact_jacobian_penalty(pt):
     for g1, g2 in zip(_grads(loss, net), _grads(ref, net)):
         torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-8)
 
+    # one-sided fused hinge: on the full Krylov space (krylov_dim = D) its Ritz direction is the top
+    # eigenvector, so value and gradient are the exact hinge's (forward differences: h small, float64)
+    cfg = ContractionConfig(
+        loss="hinge", estimator="fd_ritz", krylov_dim=D, margin=0.5, batch_fraction=1.0, fd_step=1e-7
+    )
+    loss, diag = contraction_penalty(net, x, alpha, sigma, pt, cfg)
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-9)
+    for g1, g2 in zip(_grads(loss, net), _grads(ref, net)):
+        torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-6)
+
 
 def test_gradcheck_hutchinson_oracle():
     """torch.autograd.gradcheck of the double-VJP penalty w.r.t. the network parameters (float64)."""
@@ -313,7 +323,7 @@ def test_chunks_are_flattened_per_sample():
     net = LinearDenoiser(H * A, g)
     chunk_fn = lambda z, i=None: net(z.reshape(z.shape[0], -1)).reshape(z.shape)  # noqa: E731
     x = torch.randn(2, H, A, generator=g, dtype=DT)
-    cfg = ContractionConfig(estimator="exact")
+    cfg = ContractionConfig(estimator="exact", batch_fraction=1.0)  # both calls on the same rows
     l_chunk, _ = contraction_penalty(chunk_fn, x, 0.7, 0.71, "sample", cfg)
     l_flat, _ = contraction_penalty(net, x.reshape(2, -1), 0.7, 0.71, "sample", cfg)
     torch.testing.assert_close(l_chunk, l_flat)
@@ -581,3 +591,47 @@ def test_hinge_uses_both_per_step_bounds():
         grid=grid,
     )
     torch.testing.assert_close(legacy, torch.relu(lmax - (1 - beta) * 0.5).pow(2).mean())
+
+
+def test_fd_ritz_hinge_is_one_sided_and_a_lower_bound_of_the_exact_hinge():
+    """The fused one-sided hinge: 0 (value and gradient) where every eigenvalue of sym J_x0 lies inside the
+    step's bounds, where the Frobenius penalty still pulls; never above the exact hinge; with a few Krylov
+    steps it finds an outlier a plain random probe's Rayleigh quotient misses."""
+    grid, _ = _ddim_like_grid()  # bounds (-(2 + i), 1 + i / 10)
+    g = torch.Generator().manual_seed(21)
+    D, B = 32, 4
+    t = torch.tensor([90, 60, 30, 0])
+
+    def run(A, cfg):
+        M = torch.nn.Parameter(A.clone())
+        fn = lambda z, i: torch.einsum("bij,bj->bi", M[i], z)  # noqa: E731
+        x = torch.randn(B, D, generator=g, dtype=DT)
+        loss, diag = contraction_penalty(fn, x, 0.5, 0.8, "sample", cfg, timesteps=t, grid=grid)
+        (grad,) = torch.autograd.grad(loss, [M], allow_unused=True)
+        return loss, diag, grad
+
+    # inside the interval: the hinge is inert, the Frobenius probe is not
+    inside, _ = spectrum_matrices(B, D, g, outliers=(0.8, -1.5), bulk=0.5)
+    ritz = ContractionConfig(loss="hinge", estimator="fd_ritz", batch_fraction=1.0)
+    loss, _, grad = run(inside, ritz)
+    assert loss.item() == 0 and (grad is None or grad.abs().max() == 0)
+    frob, _, _ = run(inside, ContractionConfig(batch_fraction=1.0))
+    assert frob.item() > 0.1
+
+    # one outlier above the upper bound: never above the exact hinge, equal to it on the full space
+    outlier, _ = spectrum_matrices(B, D, g, outliers=(4.0,), bulk=0.5, skew=0.3)
+    exact, _, _ = run(outlier, ContractionConfig(loss="hinge", estimator="exact", batch_fraction=1.0))
+    assert exact.item() > 0
+    for k in (1, 2, 3, 6):
+        loss, diag, _ = run(
+            outlier, ContractionConfig(loss="hinge", estimator="fd_ritz", krylov_dim=k, batch_fraction=1.0)
+        )
+        assert loss.item() <= exact.item() * (1 + 1e-6), k
+        if k == 1:  # a random probe's Rayleigh quotient: about the mean eigenvalue
+            assert diag["probe_rayleigh"] < 1.0
+        if k >= 3:  # a 3-D Krylov space already holds most of the outlier's eigenvector
+            assert diag["probe_rayleigh"] > 0.75 * 4.0, (k, diag)
+    full, _, _ = run(
+        outlier, ContractionConfig(loss="hinge", estimator="fd_ritz", krylov_dim=D, batch_fraction=1.0)
+    )
+    assert full.item() == pytest.approx(exact.item(), rel=1e-5)

@@ -82,9 +82,11 @@ def _sep(model, sched, noise):
         return separation_ratio(lambda z: sample(model, z, sched, 20), noise, 1e-4).mean().item()
 
 
-@pytest.mark.parametrize("estimator", ["fd_probe", "hutchinson"])
+@pytest.mark.parametrize(
+    "loss,estimator", [("frobenius", "fd_probe"), ("frobenius", "hutchinson"), ("hinge", "fd_ritz")]
+)
 @pytest.mark.parametrize("prediction_type", PREDS)
-def test_minimising_the_penalty_makes_an_expansive_sampler_contract(prediction_type, estimator):
+def test_minimising_the_penalty_makes_an_expansive_sampler_contract(prediction_type, loss, estimator):
     """Start from the exact (expansive, s = 1.5) model and minimise only the penalty: the ratio must fall below 1.
 
     The official form copied onto the raw epsilon-network Jacobian, ``(sym J_eps + beta I)^2``, drives the
@@ -96,7 +98,7 @@ def test_minimising_the_penalty_makes_an_expansive_sampler_contract(prediction_t
     before = _sep(model, sched, noise)
     assert before > 1
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    cfg = ContractionConfig(estimator=estimator)
+    cfg = ContractionConfig(loss=loss, estimator=estimator)
     g = torch.Generator().manual_seed(2)
     for _ in range(300):
         t = torch.randint(0, T, (64,), generator=g)

@@ -39,13 +39,14 @@ import torch
 from torch import Tensor, nn
 
 from cdp_plugin.contraction import (
+    ESTIMATOR_REGISTRY,
     ContractionConfig,
     PenaltyRows,
     StepGrid,
     penalty_from_outputs,
     penalty_rows,
 )
-from cdp_plugin.samplers import SAMPLERS
+from cdp_plugin.samplers import SAMPLERS, alpha_sigma
 
 # sampler=None deploys upstream's own noise_scheduler: the SAMPLERS name of the same update
 _UPSTREAM_SAMPLER = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"}
@@ -114,6 +115,7 @@ class _Capture:
         self.y: Tensor | None = None
         self.y_pert: Tensor | None = None
         self.t: Tensor | None = None
+        self.nested = False  # the core's own calls from inside ``pre`` (fd_ritz's Krylov steps)
 
     # --- helpers ---------------------------------------------------------------------------------
     def _rows(self, a: Any, idx: Tensor) -> Any:
@@ -129,6 +131,8 @@ class _Capture:
 
     # --- hooks -----------------------------------------------------------------------------------
     def pre(self, module, args, kwargs):
+        if self.nested:
+            return None
         self.calls += 1
         if self.calls > 1:  # only the parent's denoising call is touched
             return None
@@ -144,9 +148,24 @@ class _Capture:
         T = int(o.noise_scheduler.config.num_train_timesteps)
         sl = o._cdp_action_slice(x)
         self.grid = grid = o._cdp_step_grid()
-        self.rows = rows = penalty_rows(
-            x[..., sl].detach(), o.contraction, self.t.float() / T, timesteps=self.t, grid=grid
-        )
+        ccfg = o.contraction
+        prepass = ccfg.active and ESTIMATOR_REGISTRY[(ccfg.loss, ccfg.estimator)].prepass
+        alpha, sigma = alpha_sigma(o.noise_scheduler, self.t) if prepass else (None, None)
+        self.nested = True
+        try:
+            self.rows = rows = penalty_rows(
+                x[..., sl].detach(),
+                ccfg,
+                self.t.float() / T,
+                timesteps=self.t,
+                grid=grid,
+                fn=self.denoiser(x, sl) if prepass else None,
+                alpha=None if alpha is None else alpha.to(x.dtype),
+                sigma=None if sigma is None else sigma.to(x.dtype),
+                prediction_type=o.noise_scheduler.config.prediction_type,
+            )
+        finally:
+            self.nested = False
         if not self.fused or not rows.extra:
             return None
         idx = rows.idx
@@ -159,7 +178,7 @@ class _Capture:
         return tuple(new_args), new_kwargs
 
     def post(self, module, args, kwargs, out):
-        if self.calls > 1 or not self.fused or self.rows is None or not self.rows.extra:
+        if self.nested or self.calls > 1 or not self.fused or self.rows is None or not self.rows.extra:
             return None
         B = self.B
         self.y, self.y_pert = out[:B], out[B:]
@@ -286,8 +305,6 @@ class ContractiveMixin:
             h_post.remove()
         if cap.calls == 0:
             raise RuntimeError("contraction: the upstream compute_loss did not call self.model")
-
-        from cdp_plugin.samplers import alpha_sigma
 
         pred = self.noise_scheduler.config.prediction_type
         x = cap.args[0]

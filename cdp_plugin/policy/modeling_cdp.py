@@ -133,8 +133,20 @@ class ContractiveDiffusionModel(DiffusionModel):
 
         # Entry point 1 of the core: penalised rows, and (fd_probe) probe rows riding in this forward pass.
         grid = self.step_grid() if active else None
+        fn = lambda x, i: self.unet(x, timesteps[i], global_cond=global_cond[i])  # noqa: E731
         rows = (
-            penalty_rows(noisy, ccfg, t_frac, probes=batch.get(PROBE_KEY), timesteps=timesteps, grid=grid)
+            penalty_rows(
+                noisy,
+                ccfg,
+                t_frac,
+                probes=batch.get(PROBE_KEY),
+                timesteps=timesteps,
+                grid=grid,
+                fn=fn,  # fd_ritz: its no-grad Krylov steps choose the probe row before this forward pass
+                alpha=alpha,
+                sigma=sigma,
+                prediction_type=cfg.prediction_type,
+            )
             if active
             else None
         )
@@ -149,7 +161,6 @@ class ContractiveDiffusionModel(DiffusionModel):
         else:
             pred, y_rows = self.unet(noisy, timesteps, global_cond=global_cond), None
         if active:  # entry point 2: penalty and diagnostics (double-backward estimators call the UNet)
-            fn = lambda x, i: self.unet(x, timesteps[i], global_cond=global_cond[i])  # noqa: E731
             penalty, diag = penalty_from_outputs(
                 rows,
                 noisy,

@@ -7,7 +7,8 @@ For LeRobot's diffusion UNet at D = horizon * action_dim in {32, 112, 224} (hori
 it times one training step (forward + backward + AdamW) for:
 
 * DP: LeRobot's ``DiffusionPolicy`` (same architecture, x0 prediction), the reference,
-* CDP with each estimator at its default settings (``fd_probe`` default, ``hutchinson``, ``lanczos`` hinge),
+* CDP with each estimator at its default settings (``fd_probe`` default, ``hutchinson``, the ``lanczos`` and
+  ``fd_ritz`` hinges),
 * the official construction: the full Jacobian by one create_graph backward per output coordinate
   (``contraction_estimator=exact`` on the whole batch).
 
@@ -52,6 +53,7 @@ METHODS = {
     "CDP fd_probe (default)": {"contraction_estimator": "fd_probe"},
     "CDP hutchinson": {"contraction_estimator": "hutchinson"},
     "CDP hinge lanczos": {"contraction_loss": "hinge", "contraction_estimator": "lanczos"},
+    "CDP hinge fd_ritz (one-sided, fused)": {"contraction_loss": "hinge", "contraction_estimator": "fd_ritz"},
     "official full Jacobian": {"contraction_estimator": "exact", "contraction_batch_fraction": 1.0},
 }
 

@@ -144,6 +144,7 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
             "noise_window": flag_value(flags, "contraction_noise_window", [0.0, 1.0]),
             "step_window": flag_value(flags, "contraction_step_window", [0.0, 1.0]),
             "loss": flag_value(flags, "contraction_loss", "frobenius"),
+            "estimator": flag_value(flags, "contraction_estimator", "fd_probe"),
             "penalty": flag_value(flags, "contraction_loss", "frobenius") != "none"
             and "--policy.type=cdp" in flags,
             "cells": cs,

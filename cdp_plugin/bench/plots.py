@@ -287,7 +287,10 @@ def plot_penalty_strength(agg: dict, profile: dict, path: Path) -> Path:
             groups: dict[str, list] = defaultdict(list)
             for (t, _pol, ff), a in agg.items():
                 if t == task and ff == f and a["penalty"] and a["gamma"] is not None:
-                    win = f"{a.get('loss', 'frobenius')}, {window_label(a, 'all noise levels')}"
+                    loss = a.get("loss", "frobenius")
+                    if loss == "hinge":  # two hinges differ in kind (Lanczos both ends, fd_ritz one-sided)
+                        loss = f"hinge {a.get('estimator', 'lanczos')}"
+                    win = f"{loss}, {window_label(a, 'all noise levels')}"
                     groups[win].append(a)
             for gi, (win, rows) in enumerate(sorted(groups.items())):
                 rows.sort(key=lambda a: a["gamma"])

@@ -102,7 +102,6 @@ __all__ = [
     "lanczos_extreme_eigs",
     "sym_extreme_eigs",
     "hutchinson_frobenius",
-    "fd_probe_rows",
     "fd_probe_penalty",
     "fd_probe_rayleigh",
     "fd_ritz_direction",
@@ -597,18 +596,6 @@ def hutchinson_frobenius(
     return total / num_probes
 
 
-def fd_probe_rows(
-    x_t: Tensor, fd_step: float, probe: str = "rademacher", generator: torch.Generator | None = None
-):
-    """Perturbed rows ``x_t + h v`` to append to the denoising batch, and the probes ``v``.
-
-    Returns ``(x_pert, v)`` shaped like ``x_t``. Front ends use :func:`penalty_rows`, which also selects the
-    rows and guards the step under mixed precision.
-    """
-    v = _probes(x_t.shape, x_t, probe, generator)
-    return x_t + fd_step * v, v
-
-
 def _norm_dim(D: int, normalization: str) -> float:
     """Divisor of the squared Frobenius residual: ``D`` (per_dim) or ``D^2`` (paper_d2)."""
     return float(D) if normalization == "per_dim" else float(D * D)
@@ -681,8 +668,9 @@ def fd_ritz_direction(
     ``x`` (the first two in one call), no graph. The Krylov space of ``J_x0 = a I + c J_f`` is ``J_f``'s,
     built by Arnoldi (Gram-Schmidt in float64). With the basis ``U`` and ``J_f U`` known, the Rayleigh-Ritz
     step is small dense algebra: ``(a U^T U + c sym(U^T J_f U)) z = theta U^T U z``, solved through the
-    Gram matrix's eigenvectors with vanished directions dropped (``J_f = c I`` gives a 1-D space). ``u^T J_x0 u = u^T sym(J_x0) u``, so the transpose is never needed. The result is
-    scaled to ``|u| = |v|`` per sample, so the probe row ``x + h u`` moves as far as a plain probe.
+    Gram matrix's eigenvectors with vanished directions dropped (``J_f = c I`` gives a 1-D space).
+    ``u^T J_x0 u = u^T sym(J_x0) u``, so the transpose is never needed. The result is scaled to
+    ``|u| = |v|`` per sample, so the probe row ``x + h u`` moves as far as a plain probe.
     """
     n, k = x.shape[0], krylov_dim
     norm = v.flatten(1).norm(dim=1)

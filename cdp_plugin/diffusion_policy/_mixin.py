@@ -115,6 +115,8 @@ class _Capture:
         self.y: Tensor | None = None
         self.y_pert: Tensor | None = None
         self.t: Tensor | None = None
+        self.alpha: Tensor | None = None  # alpha_t, sigma_t of the captured timesteps (one lookup per step)
+        self.sigma: Tensor | None = None
         self.nested = False  # the core's own calls from inside ``pre`` (fd_ritz's Krylov steps)
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -150,7 +152,8 @@ class _Capture:
         self.grid = grid = o._cdp_step_grid()
         ccfg = o.contraction
         prepass = ccfg.active and ESTIMATOR_REGISTRY[(ccfg.loss, ccfg.estimator)].prepass
-        alpha, sigma = alpha_sigma(o.noise_scheduler, self.t) if prepass else (None, None)
+        alpha, sigma = alpha_sigma(o.noise_scheduler, self.t)
+        self.alpha, self.sigma = alpha.to(x.dtype), sigma.to(x.dtype)
         self.nested = True
         try:
             self.rows = rows = penalty_rows(
@@ -160,8 +163,8 @@ class _Capture:
                 timesteps=self.t,
                 grid=grid,
                 fn=self.denoiser(x, sl) if prepass else None,
-                alpha=None if alpha is None else alpha.to(x.dtype),
-                sigma=None if sigma is None else sigma.to(x.dtype),
+                alpha=self.alpha if prepass else None,
+                sigma=self.sigma if prepass else None,
                 prediction_type=o.noise_scheduler.config.prediction_type,
             )
         finally:
@@ -309,13 +312,12 @@ class ContractiveMixin:
         pred = self.noise_scheduler.config.prediction_type
         x = cap.args[0]
         sl = self._cdp_action_slice(x)
-        alpha, sigma = alpha_sigma(self.noise_scheduler, cap.t)
         y, y_rows = (cap.y[..., sl], cap.y_pert[..., sl]) if cap.y is not None else (None, None)
         penalty, diag = penalty_from_outputs(
             cap.rows,
             x[..., sl].detach(),
-            alpha.to(x.dtype),
-            sigma.to(x.dtype),
+            cap.alpha,
+            cap.sigma,
             pred,
             cfg,
             y=y,

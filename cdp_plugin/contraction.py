@@ -142,19 +142,21 @@ class ContractionConfig:
             "or `none`"
         ),
     )
-    estimator: str = field(
-        default="fd_probe",
+    estimator: str | None = field(
+        default=None,
         metadata=_doc(
-            "frobenius: `fd_probe` (first-order probe in the same forward pass), `hutchinson` (official "
-            "symmetric form, double backward), `exact` (full Jacobian, D <= 256); hinge: `lanczos`, `fd_ritz` (one-sided, fused), `exact`"
+            "unset: the loss's own (`fd_probe` for frobenius, `fd_ritz` for hinge); frobenius: `fd_probe` "
+            "(first-order probe in the same forward pass), `hutchinson` (official symmetric form, double "
+            "backward), `exact` (full Jacobian, D <= 256); hinge: `lanczos`, `fd_ritz` (one-sided, fused), "
+            "`exact`"
         ),
     )
-    weight: float = field(
-        # the penalty strength study's pick (benchmarks/RESULTS.md, "Penalty strength: what the study says"):
-        # the largest gamma that costs no Push-T success against the no-penalty control (0.2 did)
-        default=0.1,
+    weight: float | None = field(
+        # each loss's pick from the penalty strength study (benchmarks/RESULTS.md): LOSS_DEFAULTS
+        default=None,
         metadata=_doc(
-            "gamma, weight of the penalty in the total loss (per-dimension units, see `normalization`)"
+            "gamma, weight of the penalty in the total loss; unset: the loss's own (frobenius 0.1, in "
+            "per-dimension units, see `normalization`; hinge 1)"
         ),
     )
     margin: float = field(
@@ -233,10 +235,16 @@ class ContractionConfig:
         }
         for f in fields(self):
             v = getattr(self, f.name)
+            base = f.type.removesuffix(" | None")
+            if v is None and base != f.type:
+                continue
             try:
-                setattr(self, f.name, cast[f.type](v))
+                setattr(self, f.name, cast[base](v))
             except (TypeError, ValueError):
-                raise ValueError(f"contraction {f.name} must be a {f.type}, got {v!r}") from None
+                raise ValueError(f"contraction {f.name} must be a {base}, got {v!r}") from None
+        for name, value in LOSS_DEFAULTS.get(self.loss, {}).items():  # unset: the loss's own
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.validate()
 
     def validate(self) -> None:
@@ -301,6 +309,16 @@ class ContractionConfig:
         """Whether the penalty is computed at training step ``step`` (``every``-th steps only)."""
         return self.active and step % self.every == 0
 
+
+# The estimator and weight a loss gets where they are unset: each loss's pick of the penalty strength study
+# (benchmarks/RESULTS.md). frobenius 0.1: the largest gamma that cost no Push-T success at 4000 steps (0.2
+# did); hinge 1 with the fused one-sided fd_ritz estimator: PointMaze's pick (it is exactly 0 where a step
+# contracts). ``none`` keeps frobenius' values (unused).
+LOSS_DEFAULTS: dict[str, dict[str, object]] = {
+    "frobenius": {"estimator": "fd_probe", "weight": 0.1},
+    "hinge": {"estimator": "fd_ritz", "weight": 1.0},
+    "none": {"estimator": "fd_probe", "weight": 0.1},
+}
 
 # Values a config saved before a field existed had (``normalization`` / ``threshold`` came with issue 13).
 LEGACY_VALUES = {"normalization": "paper_d2", "threshold": "alpha"}

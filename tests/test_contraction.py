@@ -635,3 +635,18 @@ def test_fd_ritz_hinge_is_one_sided_and_a_lower_bound_of_the_exact_hinge():
         outlier, ContractionConfig(loss="hinge", estimator="fd_ritz", krylov_dim=D, batch_fraction=1.0)
     )
     assert full.item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "loss, estimator, weight",
+    [("frobenius", "fd_probe", 0.1), ("hinge", "fd_ritz", 1.0), ("none", "fd_probe", 0.1)],
+)
+def test_unset_estimator_and_weight_take_the_losss_own(loss, estimator, weight):
+    from cdp_plugin.contraction import LOSS_DEFAULTS
+
+    cfg = ContractionConfig(loss=loss)
+    assert (cfg.estimator, cfg.weight) == (estimator, weight) == tuple(LOSS_DEFAULTS[loss].values())
+    assert ContractionConfig(loss=loss, weight=0.5).weight == 0.5  # set: kept
+    assert ContractionConfig(loss=loss, estimator=None, weight=None) == cfg
+    with pytest.raises(ValueError, match="contraction weight must be a float"):
+        ContractionConfig(loss=loss, weight="strong")

@@ -598,3 +598,35 @@ def test_config_saved_before_normalization_loads_with_legacy_meaning(tmp_path):
     said = [str(w.message) for w in rec if "saved without" in str(w.message)]
     assert len(said) == 1 and "contraction_normalization='paper_d2'" in said[0], said
     assert old.contraction_config().normalization == "paper_d2" and old.contraction_weight == 0.3
+
+
+def test_unset_estimator_and_weight_are_the_losss_own_and_saved(tmp_path):
+    """`--policy.contraction_loss=hinge` alone trains the fused one-sided hinge at its own gamma (fd_ritz, 1),
+    frobenius keeps fd_probe at 0.1, explicit values win, and the saved config says what trained."""
+    import draccus
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from cdp_plugin.policy import ContractiveDiffusionConfig
+
+    def parse(*args):
+        return draccus.parse(ContractiveDiffusionConfig, args=list(args))
+
+    hinge = parse("--contraction_loss=hinge")
+    assert (hinge.contraction_estimator, hinge.contraction_weight) == ("fd_ritz", 1.0)
+    frob = parse("--contraction_loss=frobenius")
+    assert (frob.contraction_estimator, frob.contraction_weight) == ("fd_probe", 0.1)
+    own = parse("--contraction_loss=hinge", "--contraction_estimator=lanczos", "--contraction_weight=3")
+    assert (own.contraction_estimator, own.contraction_weight) == ("lanczos", 3.0)
+    with pytest.raises(Exception):
+        parse("--contraction_loss=frobenius", "--contraction_estimator=fd_ritz")  # named, and does not fit
+
+    cfg = ContractiveDiffusionConfig(
+        input_features={"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(2,))},
+        output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(2,))},
+        contraction_loss="hinge",
+    )
+    cfg._save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["contraction_estimator"], saved["contraction_weight"]) == ("fd_ritz", 1.0)
+    assert PreTrainedConfig.from_pretrained(tmp_path).contraction_config() == cfg.contraction_config()

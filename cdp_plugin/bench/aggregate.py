@@ -8,6 +8,7 @@ import statistics
 from collections import defaultdict
 
 from cdp_plugin.bench.metrics import wilson_interval
+from cdp_plugin.contraction import LOSS_DEFAULTS
 
 LOW_NOISE = 0.1  # "low noise": sampler steps with t / T below this (the paper's RL window)
 
@@ -29,11 +30,14 @@ def window_label(a: dict, all_label: str = "all") -> str:
 
 def cell_gamma(cell: dict) -> float | None:
     """The penalty weight a cell trained with: its checkpoint's config (recorded since the default moved from
-    0.1 to 0.2), else its flags, else the default of the time the cell was run (0.1; cdp cells only)."""
+    0.1 to 0.2), else its flags, else its loss's default (frobenius 0.1, hinge 1; cdp cells only)."""
     if "contraction_weight" in (cell.get("contraction") or {}):
         return cell["contraction"]["contraction_weight"]
     flags = cell.get("policy_flags") or []
-    return flag_value(flags, "contraction_weight", 0.1 if "--policy.type=cdp" in flags else None)
+    if "--policy.type=cdp" not in flags:
+        return flag_value(flags, "contraction_weight", None)
+    loss = flag_value(flags, "contraction_loss", "frobenius")
+    return flag_value(flags, "contraction_weight", LOSS_DEFAULTS.get(loss, {}).get("weight"))
 
 
 def flag_value(flags: list[str], name: str, default=None):
@@ -144,7 +148,11 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
             "noise_window": flag_value(flags, "contraction_noise_window", [0.0, 1.0]),
             "step_window": flag_value(flags, "contraction_step_window", [0.0, 1.0]),
             "loss": flag_value(flags, "contraction_loss", "frobenius"),
-            "estimator": flag_value(flags, "contraction_estimator", "fd_probe"),
+            "estimator": flag_value(
+                flags,
+                "contraction_estimator",
+                LOSS_DEFAULTS.get(flag_value(flags, "contraction_loss", "frobenius"), {}).get("estimator"),
+            ),
             "penalty": flag_value(flags, "contraction_loss", "frobenius") != "none"
             and "--policy.type=cdp" in flags,
             "cells": cs,

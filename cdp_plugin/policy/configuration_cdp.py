@@ -111,7 +111,10 @@ class ContractiveDiffusionConfig(DiffusionConfig):
         self._resolve_unset()
         if self.contraction_diag_every < 0 or self.contraction_diag_samples < 1:
             raise ValueError("`contraction_diag_every` must be >= 0 and `contraction_diag_samples` >= 1.")
-        self.contraction_config()  # validates the contraction fields with clear messages
+        # validates the contraction fields with clear messages; the loss's own estimator and weight fill the
+        # unset ones, so a saved config says what trained
+        resolved = self.contraction_config()
+        self.contraction_estimator, self.contraction_weight = resolved.estimator, resolved.weight
 
     def _resolve_unset(self) -> None:
         """Fill the ``None`` contraction fields: a config decoded from a saved file (it carries features)

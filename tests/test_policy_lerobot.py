@@ -618,7 +618,7 @@ def test_unset_estimator_and_weight_are_the_losss_own_and_saved(tmp_path):
     assert (frob.contraction_estimator, frob.contraction_weight) == ("fd_probe", 0.1)
     own = parse("--contraction_loss=hinge", "--contraction_estimator=lanczos", "--contraction_weight=3")
     assert (own.contraction_estimator, own.contraction_weight) == ("lanczos", 3.0)
-    with pytest.raises(Exception):
+    with pytest.raises(draccus.utils.ParsingError):
         parse("--contraction_loss=frobenius", "--contraction_estimator=fd_ritz")  # named, and does not fit
 
     cfg = ContractiveDiffusionConfig(

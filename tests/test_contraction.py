@@ -190,7 +190,7 @@ def test_penalty_gradients_match_exact_jacobian_penalty(pt):
 
     # exact estimator == the official form, per dimension (||.||_F^2 / D; the official mean of entries
     # is ``normalization="paper_d2"``, checked below)
-    cfg = ContractionConfig(estimator="exact", batch_fraction=1.0)
+    cfg = ContractionConfig(loss="frobenius", estimator="exact", batch_fraction=1.0)
     loss, _ = contraction_penalty(net, x, alpha, sigma, pt, cfg)
     ref = ((w.view(-1, 1, 1) * (S + beta * eye)).pow(2).flatten(1).sum(1) / D).mean()
     torch.testing.assert_close(loss, ref)
@@ -199,7 +199,7 @@ def test_penalty_gradients_match_exact_jacobian_penalty(pt):
 
     # hutchinson through the double-VJP oracle == the same probes applied to the explicit matrix
     seed = 11
-    cfg = ContractionConfig(estimator="hutchinson", num_probes=3, batch_fraction=1.0)
+    cfg = ContractionConfig(loss="frobenius", estimator="hutchinson", num_probes=3, batch_fraction=1.0)
     loss, _ = contraction_penalty(
         net, x, alpha, sigma, pt, cfg, generator=torch.Generator().manual_seed(seed)
     )
@@ -281,7 +281,9 @@ def test_epsilon_penalty_stays_finite_at_high_noise():
     alpha = torch.tensor([1e-6, 1e-4, 1e-2, 0.5], dtype=DT)
     sigma = (1 - alpha**2).sqrt()
     for est in ("fd_probe", "hutchinson", "exact"):
-        loss, _ = contraction_penalty(net, x, alpha, sigma, "epsilon", ContractionConfig(estimator=est))
+        loss, _ = contraction_penalty(
+            net, x, alpha, sigma, "epsilon", ContractionConfig(loss="frobenius", estimator=est)
+        )
         assert torch.isfinite(loss) and loss.item() < 1e3, (est, loss)
         grads = _grads(loss, net)
         assert all(torch.isfinite(gr).all() for gr in grads)
@@ -292,18 +294,18 @@ def test_epsilon_penalty_stays_finite_at_high_noise():
         alpha,
         sigma,
         "epsilon",
-        ContractionConfig(estimator="exact", residual_weight="none", batch_fraction=1.0),
+        ContractionConfig(loss="frobenius", estimator="exact", residual_weight="none", batch_fraction=1.0),
     )
     assert raw.item() > 1e6
 
 
 def test_cost_controls_select_samples():
-    cfg = ContractionConfig(batch_fraction=0.25, noise_window=(0.0, 0.1))
+    cfg = ContractionConfig(loss="frobenius", batch_fraction=0.25, noise_window=(0.0, 0.1))
     t_frac = torch.arange(100) / 100.0  # t/T for T = 100: ten samples have t < 0.1 T
     idx = penalty_sample_mask(100, cfg, t_frac, generator=torch.Generator().manual_seed(0))
     assert idx.numel() == 2 and (t_frac[idx] < 0.1).all()  # 10 in the window, a quarter of them
-    assert penalty_sample_mask(8, ContractionConfig(batch_fraction=0.5)).numel() == 4
-    every3 = ContractionConfig(every=3)
+    assert penalty_sample_mask(8, ContractionConfig(loss="frobenius", batch_fraction=0.5)).numel() == 4
+    every3 = ContractionConfig(loss="frobenius", every=3)
     assert [every3.applies_at_step(s) for s in range(6)] == [True, False, False, True, False, False]
     assert not ContractionConfig(loss="none").applies_at_step(0)
     # no selected sample: zero penalty, nothing computed
@@ -311,7 +313,13 @@ def test_cost_controls_select_samples():
     net = LinearDenoiser(3, g)
     x = torch.randn(4, 3, generator=g, dtype=DT)
     loss, diag = contraction_penalty(
-        net, x, 0.5, 0.8, "sample", ContractionConfig(noise_window=(0.0, 0.1)), t_frac=torch.full((4,), 0.5)
+        net,
+        x,
+        0.5,
+        0.8,
+        "sample",
+        ContractionConfig(loss="frobenius", noise_window=(0.0, 0.1)),
+        t_frac=torch.full((4,), 0.5),
     )
     assert loss.item() == 0 and diag["penalty_samples"] == 0
 
@@ -323,7 +331,8 @@ def test_chunks_are_flattened_per_sample():
     net = LinearDenoiser(H * A, g)
     chunk_fn = lambda z, i=None: net(z.reshape(z.shape[0], -1)).reshape(z.shape)  # noqa: E731
     x = torch.randn(2, H, A, generator=g, dtype=DT)
-    cfg = ContractionConfig(estimator="exact", batch_fraction=1.0)  # both calls on the same rows
+    # both calls on the same rows
+    cfg = ContractionConfig(loss="frobenius", estimator="exact", batch_fraction=1.0)
     l_chunk, _ = contraction_penalty(chunk_fn, x, 0.7, 0.71, "sample", cfg)
     l_flat, _ = contraction_penalty(net, x.reshape(2, -1), 0.7, 0.71, "sample", cfg)
     torch.testing.assert_close(l_chunk, l_flat)
@@ -339,30 +348,36 @@ def test_bad_input_errors():
     net = LinearDenoiser(3, g)
     x = torch.randn(2, 3, generator=g, dtype=DT)
     with pytest.raises(ValueError, match="prediction_type"):
-        contraction_penalty(net, x, 0.5, 0.8, "score", ContractionConfig())
+        contraction_penalty(net, x, 0.5, 0.8, "score", ContractionConfig(loss="frobenius"))
     with pytest.raises(ValueError, match="estimator"):
-        ContractionConfig(estimator="power")
+        ContractionConfig(loss="frobenius", estimator="power")
     with pytest.raises(ValueError, match="estimator 'lanczos' does not fit"):
         ContractionConfig(loss="frobenius", estimator="lanczos")
     with pytest.raises(ValueError, match=">= 0"):
-        ContractionConfig(weight=-1)
+        ContractionConfig(loss="frobenius", weight=-1)
     with pytest.raises(ValueError, match="x_t"):
-        contraction_penalty(net, x * float("nan"), 0.5, 0.8, "sample", ContractionConfig())
+        contraction_penalty(net, x * float("nan"), 0.5, 0.8, "sample", ContractionConfig(loss="frobenius"))
     with pytest.raises(ValueError, match="sigma_t"):
-        contraction_penalty(net, x, 0.5, float("inf"), "sample", ContractionConfig())
+        contraction_penalty(net, x, 0.5, float("inf"), "sample", ContractionConfig(loss="frobenius"))
     with pytest.raises(ValueError, match="alpha_t must be > 0"):
-        contraction_penalty(net, x, torch.tensor([0.5, 0.0], dtype=DT), 0.8, "sample", ContractionConfig())
+        contraction_penalty(
+            net, x, torch.tensor([0.5, 0.0], dtype=DT), 0.8, "sample", ContractionConfig(loss="frobenius")
+        )
     with pytest.raises(ValueError, match="D=300 > 256"):
         exact_jacobian(lambda z: z, torch.zeros(1, 300))
     with pytest.raises(ValueError, match="shape"):
-        contraction_penalty(net, x, torch.ones(3, dtype=DT) * 0.5, 0.8, "sample", ContractionConfig())
+        contraction_penalty(
+            net, x, torch.ones(3, dtype=DT) * 0.5, 0.8, "sample", ContractionConfig(loss="frobenius")
+        )
 
     class Exploding(torch.nn.Module):
         def forward(self, z, idx=None):
             return z * float("inf")
 
     with pytest.raises(FloatingPointError, match="non-finite"):
-        contraction_penalty(Exploding(), x, 0.5, 0.8, "sample", ContractionConfig(estimator="fd_probe"))
+        contraction_penalty(
+            Exploding(), x, 0.5, 0.8, "sample", ContractionConfig(loss="frobenius", estimator="fd_probe")
+        )
 
 
 def test_x0_matvec_affine_forms():
@@ -394,9 +409,9 @@ def test_diagnostics_report_eigenvalues_and_violations():
     fn = lambda z, i: linear_fn(A[i], (D,))(z)  # noqa: E731
     alpha = torch.tensor([0.9, 0.5], dtype=DT)
     for cfg in (
-        ContractionConfig(),
-        ContractionConfig(estimator="hutchinson"),
-        ContractionConfig(estimator="exact"),
+        ContractionConfig(loss="frobenius"),
+        ContractionConfig(loss="frobenius", estimator="hutchinson"),
+        ContractionConfig(loss="frobenius", estimator="exact"),
         ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=D),
     ):
         cfg.lanczos_iters = D
@@ -436,7 +451,7 @@ def test_default_penalty_and_gradient_are_dimension_free(estimator):
             continue  # the full Jacobian costs D VJPs; exact agrees with fd_probe/hutchinson at D <= 32
         net = ScaledIdentity(c)
         x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(D), dtype=DT)
-        cfg = ContractionConfig(estimator=estimator)
+        cfg = ContractionConfig(loss="frobenius", estimator=estimator)
         loss, _ = contraction_penalty(
             net, x, 0.7, 0.71, "sample", cfg, generator=torch.Generator().manual_seed(0)
         )
@@ -448,7 +463,7 @@ def test_default_penalty_and_gradient_are_dimension_free(estimator):
             0.7,
             0.71,
             "sample",
-            ContractionConfig(estimator=estimator, normalization="paper_d2"),
+            ContractionConfig(loss="frobenius", estimator=estimator, normalization="paper_d2"),
             generator=torch.Generator().manual_seed(0),
         )
         assert legacy.item() == pytest.approx(loss.item() / D, rel=1e-9)  # gamma_per_dim = gamma_paper / D
@@ -468,9 +483,9 @@ def test_adding_an_estimator_is_one_function_and_one_registry_entry(monkeypatch)
         return (p.w[:, None] * d).pow(2).mean(1), {"note": 1.0}
 
     with pytest.raises(ValueError, match="does not fit"):
-        ContractionConfig(estimator="diagonal")
+        ContractionConfig(loss="frobenius", estimator="diagonal")
     monkeypatch.setitem(ESTIMATOR_REGISTRY, ("frobenius", "diagonal"), Estimator(frobenius_diagonal))
-    cfg = ContractionConfig(estimator="diagonal", batch_fraction=1.0)
+    cfg = ContractionConfig(loss="frobenius", estimator="diagonal", batch_fraction=1.0)
     assert not cfg.fused
     loss, diag = contraction_penalty(
         ScaledIdentity(0.5), torch.ones(3, 4, dtype=DT), 0.7, 0.71, "sample", cfg
@@ -488,7 +503,7 @@ def test_entry_points_match_the_callable_path_and_guard_the_fd_step_under_amp():
     x = torch.randn(8, 6, generator=g, dtype=DT)
     alpha = torch.rand(8, generator=g, dtype=DT) * 0.9 + 0.05
     sigma = (1 - alpha**2).sqrt()
-    cfg = ContractionConfig(batch_fraction=0.5)
+    cfg = ContractionConfig(loss="frobenius", batch_fraction=0.5)
     ref, rdiag = contraction_penalty(
         net, x, alpha, sigma, "epsilon", cfg, generator=torch.Generator().manual_seed(1)
     )
@@ -539,7 +554,7 @@ def test_step_window_selects_the_last_sampler_steps():
     pos = grid.position(t)
     assert pos[0] == 0 and pos[10] == pytest.approx(0.1) and pos[90] == pytest.approx(0.9)
     idx = penalty_sample_mask(
-        100, ContractionConfig(step_window=(0.0, 0.2), batch_fraction=1.0), step_pos=pos
+        100, ContractionConfig(loss="frobenius", step_window=(0.0, 0.2), batch_fraction=1.0), step_pos=pos
     )
     assert sorted(idx.tolist()) == list(range(0, 15))
     # and through the callable path
@@ -550,7 +565,7 @@ def test_step_window_selects_the_last_sampler_steps():
         0.5,
         0.8,
         "sample",
-        ContractionConfig(step_window=(0.0, 0.2), batch_fraction=1.0),
+        ContractionConfig(loss="frobenius", step_window=(0.0, 0.2), batch_fraction=1.0),
         timesteps=t,
         grid=grid,
     )
@@ -615,7 +630,7 @@ def test_fd_ritz_hinge_is_one_sided_and_a_lower_bound_of_the_exact_hinge():
     ritz = ContractionConfig(loss="hinge", estimator="fd_ritz", batch_fraction=1.0)
     loss, _, grad = run(inside, ritz)
     assert loss.item() == 0 and (grad is None or grad.abs().max() == 0)
-    frob, _, _ = run(inside, ContractionConfig(batch_fraction=1.0))
+    frob, _, _ = run(inside, ContractionConfig(loss="frobenius", batch_fraction=1.0))
     assert frob.item() > 0.1
 
     # one outlier above the upper bound: never above the exact hinge, equal to it on the full space

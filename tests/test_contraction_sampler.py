@@ -128,7 +128,7 @@ def test_learning_two_mode_toy_contracts_and_keeps_both_modes(capsys):
     """Small MLP on a 2-D two-mode dataset: the default penalty lowers the separation ratio, modes survive."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     dp = evaluate_toy(train_toy(None, "sample", steps=4000, seed=0))
-    cdp = evaluate_toy(train_toy(ContractionConfig(), "sample", steps=4000, seed=0))
+    cdp = evaluate_toy(train_toy(ContractionConfig(loss="frobenius"), "sample", steps=4000, seed=0))
     hinge = evaluate_toy(
         train_toy(
             ContractionConfig(loss="hinge", estimator="lanczos", lanczos_iters=2),

@@ -35,6 +35,9 @@ from cdp_plugin.bench.results_file import replace_section
 from cdp_plugin.policy.modeling_cdp import NOISE_KEY, TIMESTEPS_KEY
 
 TAG = "bench:gradient-share"
+ACTS = (
+    1e-3  # a batch in which the penalty's gradient is at least 0.1 % of the diffusion loss's: it acts there
+)
 
 
 def mid_checkpoint(train_dir: Path) -> tuple[int, Path]:
@@ -118,10 +121,11 @@ def markdown(rows: list[dict], argv: str, wall_s: float) -> str:
         "- share = |∇θ(γ·P)| / |∇θ L_diffusion| on the UNet parameters, at the checkpoint at or after half of "
         "training, same noise / timesteps / probes; median (range) over batches and seeds. "
         "'paper /D² at 0.1' = the share the paper's default (γ 0.1, `/D²` mean) has on the same weights "
-        "(per-dimension Frobenius cells: 0.1/γ · share / D).",
+        "(per-dimension Frobenius cells: 0.1/γ · share / D). 'acts in' = batches whose share is at least "
+        f"{100 * ACTS:g} % (a one-sided hinge acts in few batches, the Frobenius penalty in every one).",
         "",
-        "| task | data | policy | loss | γ | D | step | seeds | share | cos(∇P, ∇L) | paper /D² at 0.1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | data | policy | loss | γ | D | step | seeds | share | cos(∇P, ∇L) | paper /D² at 0.1 | acts in |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         paper = "–"
@@ -129,7 +133,8 @@ def markdown(rows: list[dict], argv: str, wall_s: float) -> str:
             paper = _fmt([0.1 / r["gamma"] * s / r["D"] for s in r["shares"]])
         lines.append(
             f"| {r['task']} | {round(100 * r['fraction'])} % | {r['policy']} | {r['loss']} | {r['gamma']:g} | {r['D']} | {r['step']} | "
-            f"{r['seeds']} | {_fmt(r['shares'])} | {_fmt(r['cosines'], pct=False)} | {paper} |"
+            f"{r['seeds']} | {_fmt(r['shares'])} | {_fmt(r['cosines'], pct=False)} | {paper} | "
+            f"{sum(s >= ACTS for s in r['shares'])}/{len(r['shares'])} batches |"
         )
     return "\n".join(lines)
 
@@ -156,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to write the section into")
+    p.add_argument("--section", default=TAG, help=f"RESULTS.md section (default {TAG}; e.g. a second table)")
     a = p.parse_args(argv)
     tasks = a.task or ["pointmaze"]
     if len(tasks) != len(a.matrix):
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(rows, " ".join(sys.argv[1:] if argv is None else argv), time.time() - t0)
     print(md)
     if a.results:
-        replace_section(a.results, TAG, md)
+        replace_section(a.results, a.section, md)
     return 0
 
 

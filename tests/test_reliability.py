@@ -458,3 +458,31 @@ def test_sigkill_mid_checkpoint_resumes_from_last_complete_one(killed_and_resume
     eight = out / "checkpoints" / "000008"  # the half-written checkpoint was rewritten completely on resume
     assert json.loads((eight / "training_state" / "training_step.json").read_text())["step"] == 8
     assert (eight / "training_state" / "optimizer_state.safetensors").is_file()
+
+
+def test_bench_probe_loads_a_gpu_trained_checkpoint_on_a_cpu(tmp_path):
+    """A checkpoint written with ``--policy.device=cuda`` names cuda in its preprocessor; the probe (and
+    ``benchmarks/gradient_share.py``, which loads through it) runs it on the CPU instead of refusing."""
+    import torch
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from cdp_plugin.bench.probe import ProbeSettings, load_policy
+
+    ckpt = tmp_path / "ckpt"
+    policy = tiny_policy()
+    policy.save_pretrained(ckpt)
+    pre, post = make_pre_post_processors(policy.config, dataset_stats=None)
+    pre.save_pretrained(ckpt)
+    post.save_pretrained(ckpt)
+    path = ckpt / "policy_preprocessor.json"
+    cfg = json.loads(path.read_text())
+    steps = [s for s in cfg["steps"] if s.get("registry_name") == "device_processor"]
+    assert steps, cfg["steps"]
+    steps[0]["config"]["device"] = "cuda"
+    path.write_text(json.dumps(cfg))
+    if not torch.cuda.is_available():  # without the override LeRobot refuses this checkpoint here
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            make_pre_post_processors(policy.config, pretrained_path=str(ckpt))
+    _, pre, _ = load_policy(ckpt, ProbeSettings(eval_sampler="ddim"))
+    device_steps = [s for s in pre.steps if type(s).__name__ == "DeviceProcessorStep"]
+    assert device_steps and device_steps[0].device == "cpu"

@@ -69,7 +69,10 @@ def load_policy(ckpt: str | Path, settings: ProbeSettings, device: str = "cpu"):
         raise ValueError(f"DP (diffusion) has no {settings.eval_sampler!r} sampler; use ddim")
     policy = get_policy_class(cfg.type).from_pretrained(ckpt, config=cfg)
     policy.eval()
-    pre, _ = make_pre_post_processors(cfg, pretrained_path=ckpt)
+    # a checkpoint trained on a GPU names cuda in its processor: probe on ``device`` whatever it was trained on
+    pre, _ = make_pre_post_processors(
+        cfg, pretrained_path=ckpt, preprocessor_overrides={"device_processor": {"device": device}}
+    )
     return policy, pre, cfg
 
 

@@ -386,16 +386,22 @@ def tiny_diffusion_policy():
     return DiffusionPolicy(DiffusionConfig(**kw))
 
 
-def hostile_checkpoint(tmp_path, kind: str = "cdp") -> tuple[Path, Path]:
-    """A saved ``kind`` checkpoint whose preprocessor JSON asks LeRobot to run ``touch MARKER`` via Popen."""
+def saved_checkpoint(ckpt: Path, kind: str = "cdp"):
+    """A tiny ``kind`` policy saved to ``ckpt`` with its pre- and post-processors; returns the policy."""
     from lerobot.policies.factory import make_pre_post_processors
 
-    ckpt, marker = tmp_path / f"ckpt_{kind}", tmp_path / "pwned"
     policy = tiny_policy() if kind == "cdp" else tiny_diffusion_policy()
     policy.save_pretrained(ckpt)
     pre, post = make_pre_post_processors(policy.config, dataset_stats=None)
     pre.save_pretrained(ckpt)
     post.save_pretrained(ckpt)
+    return policy
+
+
+def hostile_checkpoint(tmp_path, kind: str = "cdp") -> tuple[Path, Path]:
+    """A saved ``kind`` checkpoint whose preprocessor JSON asks LeRobot to run ``touch MARKER`` via Popen."""
+    ckpt, marker = tmp_path / f"ckpt_{kind}", tmp_path / "pwned"
+    saved_checkpoint(ckpt, kind)
     path = ckpt / "policy_preprocessor.json"
     cfg = json.loads(path.read_text())
     cfg["steps"].insert(
@@ -469,11 +475,7 @@ def test_bench_probe_loads_a_gpu_trained_checkpoint_on_a_cpu(tmp_path):
     from cdp_plugin.bench.probe import ProbeSettings, load_policy
 
     ckpt = tmp_path / "ckpt"
-    policy = tiny_policy()
-    policy.save_pretrained(ckpt)
-    pre, post = make_pre_post_processors(policy.config, dataset_stats=None)
-    pre.save_pretrained(ckpt)
-    post.save_pretrained(ckpt)
+    policy = saved_checkpoint(ckpt)
     path = ckpt / "policy_preprocessor.json"
     cfg = json.loads(path.read_text())
     steps = [s for s in cfg["steps"] if s.get("registry_name") == "device_processor"]

@@ -312,8 +312,9 @@ class ContractionConfig:
 
 # The estimator and weight a loss gets where they are unset: each loss's pick of the penalty strength study
 # (benchmarks/RESULTS.md). frobenius 0.1: the largest gamma that cost no Push-T success at 4000 steps (0.2
-# did); hinge 1 with the fused one-sided fd_ritz estimator: PointMaze's pick (it is exactly 0 where a step
-# contracts). ``none`` keeps frobenius' values (unused).
+# did; at 8000 steps it loses there too); hinge 1 with the fused one-sided fd_ritz estimator: PointMaze's pick
+# (exactly 0 where a step contracts; it too loses on Push-T at 8000 steps). ``none`` keeps frobenius' values
+# (unused).
 LOSS_DEFAULTS: dict[str, dict[str, object]] = {
     "frobenius": {"estimator": "fd_probe", "weight": 0.1},
     "hinge": {"estimator": "fd_ritz", "weight": 1.0},

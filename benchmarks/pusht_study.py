@@ -413,6 +413,68 @@ def probe_table(study: dict, cells: list[dict]) -> list[str]:
     return lines
 
 
+def trained_contraction(out: Path, cid: str) -> dict:
+    """The ``contraction_*`` fields (and type) a cell's last checkpoint was trained with, from its own config."""
+    cks = checkpoints(out / "runs" / cid / "train")
+    if not cks:
+        return {}
+    cfg = json.loads((cks[-1][1] / "config.json").read_text())
+    return {k: v for k, v in cfg.items() if k.startswith("contraction_") or k == "type"}
+
+
+def penalty_agg(out: Path, task: str) -> dict[tuple, dict]:
+    """``{(task, policy, fraction): row}`` of a study directory, in the form ``plot_penalty_strength`` draws:
+    success pooled over seeds with its Wilson interval, per-window action variance per seed, and the penalty
+    (loss, estimator, gamma, windows) read from each cell's trained config."""
+    from cdp_plugin.bench.metrics import wilson_interval
+
+    groups: dict[tuple, list] = {}
+    for path in sorted((out / "cells").glob("*.json")):
+        c = json.loads(path.read_text())
+        groups.setdefault((c["policy"], c["fraction"]), []).append(c)
+    agg = {}
+    for (policy, fraction), cs in groups.items():
+        succ = [s for c in cs for s in c["final"]["successes"]]
+        trained = trained_contraction(out, cs[0]["id"])
+        loss = trained.get("contraction_loss", "none")
+        k, n = sum(succ), len(succ)
+        variances = [c["probe"]["action_var"] for c in cs if c.get("probe")]
+        if not variances:
+            continue
+        agg[(task, policy, fraction)] = {
+            "penalty": trained.get("type") == "cdp" and loss != "none",
+            "gamma": trained.get("contraction_weight"),
+            "loss": loss,
+            "estimator": trained.get("contraction_estimator"),
+            "noise_window": list(trained.get("contraction_noise_window") or [0.0, 1.0]),
+            "step_window": list(trained.get("contraction_step_window") or [0.0, 1.0]),
+            "success": k / n,
+            "ci": wilson_interval(k, n),
+            "action_var": sum(variances) / len(variances),
+            "action_var_per_seed": variances,
+        }
+    return agg
+
+
+def plot_studies(studies: list[Path], path: Path) -> Path:
+    """Success and action variance against gamma for one or more study directories (a column each, titled by
+    its training length), DP-x0 as the band: ``cdp_plugin.bench.plots.plot_penalty_strength``."""
+    from cdp_plugin.bench.plots import plot_penalty_strength
+
+    agg, tasks, fractions = {}, [], set()
+    for out in studies:
+        steps = json.loads((out / "study.json").read_text())["steps"]
+        task = f"Push-T, {steps} steps ({out.name})"
+        rows = penalty_agg(out, task)
+        if rows:
+            agg.update(rows)
+            tasks.append(task)
+            fractions |= {f for _, _, f in rows}
+    if not agg:
+        raise SystemExit(f"pusht_study: no probed cells under {', '.join(str(s) for s in studies)}")
+    return plot_penalty_strength(agg, {"tasks": tasks, "fractions": sorted(fractions)}, path)
+
+
 def report(out: Path) -> str:
     """Markdown: final checkpoint per cell and seed (Wilson 95 % intervals), pooled seeds, and the curves."""
     cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
@@ -526,7 +588,23 @@ def main(argv: list[str] | None = None) -> int:
         help=f"RESULTS.md section written with --results: {PUSHT_TAG} (default) or another bench:<name> "
         "(e.g. a longer study beside the first)",
     )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="PNG of success and action variance against gamma (no training), e.g. benchmarks/plots/pusht_penalty_strength.png",
+    )
+    p.add_argument(
+        "--plot-study",
+        type=Path,
+        action="append",
+        default=None,
+        help="study directories drawn by --plot, a column each (repeatable; default: --out)",
+    )
     a = p.parse_args(argv)
+    if a.plot:
+        print(plot_studies(a.plot_study or [a.out], a.plot))
+        return 0
     if not re.fullmatch(r"bench:[a-z0-9][a-z0-9_-]*", a.section):
         raise SystemExit(f"pusht_study: --section must look like bench:<name>, got {a.section!r}")
     study = Study()

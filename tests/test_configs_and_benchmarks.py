@@ -141,6 +141,23 @@ def test_pusht_study_variants_and_report(tmp_path, monkeypatch):
     )
     with pytest.raises(SystemExit, match="--section"):
         ps.main(["--out", str(out), "--report", "--section", "pusht"])
+    # --plot: success and variance against the gamma each cell's checkpoint config says it trained with
+    (out / "study.json").write_text(json.dumps(asdict(study)))
+    for pol, cfg in (
+        ("dp_x0", {"type": "cdp", "contraction_loss": "none", "contraction_weight": 0.1}),
+        ("g0.05", {"type": "cdp", "contraction_loss": "frobenius", "contraction_weight": 0.05}),
+    ):
+        ck = out / "runs" / ps.cell_id(pol, 1.0, 0) / "train" / "checkpoints" / "003000" / "pretrained_model"
+        ck.mkdir(parents=True)
+        (ck / "config.json").write_text(json.dumps({**cfg, "contraction_estimator": "fd_probe"}))
+        (ck / "model.safetensors").write_bytes(b"")
+    agg = ps.penalty_agg(out, "T")
+    g, x0 = agg[("T", "g0.05", 1.0)], agg[("T", "dp_x0", 1.0)]
+    assert (g["penalty"], g["gamma"], g["loss"], g["success"]) == (True, 0.05, "frobenius", 0.5)
+    assert g["action_var_per_seed"] == [0.004] and not x0["penalty"] and x0["ci"][0] < 0.5 < x0["ci"][1]
+    png = tmp_path / "plots" / "pusht_penalty_strength.png"
+    assert ps.main(["--out", str(out), "--plot", str(png)]) == 0
+    assert png.stat().st_size > 10_000
 
 
 def test_gradient_share_reads_pusht_study_cells(tmp_path, monkeypatch):

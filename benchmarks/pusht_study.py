@@ -422,25 +422,31 @@ def trained_contraction(out: Path, cid: str) -> dict:
     return {k: v for k, v in cfg.items() if k.startswith("contraction_") or k == "type"}
 
 
+def load_cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+
+
+def by_policy(cells: list[dict]) -> dict[tuple, list[dict]]:
+    """Cells grouped by ``(policy, fraction)``, seeds in the order given."""
+    groups: dict[tuple, list] = {}
+    for c in cells:
+        groups.setdefault((c["policy"], c["fraction"]), []).append(c)
+    return groups
+
+
 def penalty_agg(out: Path, task: str) -> dict[tuple, dict]:
     """``{(task, policy, fraction): row}`` of a study directory, in the form ``plot_penalty_strength`` draws:
     success pooled over seeds with its Wilson interval, per-window action variance per seed, and the penalty
     (loss, estimator, gamma, windows) read from each cell's trained config."""
-    from cdp_plugin.bench.metrics import wilson_interval
+    from cdp_plugin.bench.aggregate import success_stats
 
-    groups: dict[tuple, list] = {}
-    for path in sorted((out / "cells").glob("*.json")):
-        c = json.loads(path.read_text())
-        groups.setdefault((c["policy"], c["fraction"]), []).append(c)
     agg = {}
-    for (policy, fraction), cs in groups.items():
-        succ = [s for c in cs for s in c["final"]["successes"]]
-        trained = trained_contraction(out, cs[0]["id"])
-        loss = trained.get("contraction_loss", "none")
-        k, n = sum(succ), len(succ)
+    for (policy, fraction), cs in by_policy(load_cells(out)).items():
         variances = [c["probe"]["action_var"] for c in cs if c.get("probe")]
         if not variances:
             continue
+        trained = trained_contraction(out, cs[0]["id"])
+        loss = trained.get("contraction_loss", "none")
         agg[(task, policy, fraction)] = {
             "penalty": trained.get("type") == "cdp" and loss != "none",
             "gamma": trained.get("contraction_weight"),
@@ -448,8 +454,7 @@ def penalty_agg(out: Path, task: str) -> dict[tuple, dict]:
             "estimator": trained.get("contraction_estimator"),
             "noise_window": list(trained.get("contraction_noise_window") or [0.0, 1.0]),
             "step_window": list(trained.get("contraction_step_window") or [0.0, 1.0]),
-            "success": k / n,
-            "ci": wilson_interval(k, n),
+            **success_stats([s for c in cs for s in c["final"]["successes"]]),
             "action_var": sum(variances) / len(variances),
             "action_var_per_seed": variances,
         }
@@ -477,7 +482,7 @@ def plot_studies(studies: list[Path], path: Path) -> Path:
 
 def report(out: Path) -> str:
     """Markdown: final checkpoint per cell and seed (Wilson 95 % intervals), pooled seeds, and the curves."""
-    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    cells = load_cells(out)
     if not cells:
         return "_no finished cells yet_"
     variants = {k: v for c in cells for k, v in c["study"].get("variants", {}).items()}
@@ -503,7 +508,6 @@ def report(out: Path) -> str:
         ),
         "|---|---|---|---|---|---|",
     ]
-    pooled: dict[tuple, list] = {}
     for c in cells:
         f = c["final"]
         k, n = sum(f["successes"]), len(f["successes"])
@@ -513,7 +517,6 @@ def report(out: Path) -> str:
             f"{f['avg_max_reward']:.3f} | step {best['step']}: {best['pc_success']:.0f} % / "
             f"{best['avg_max_reward']:.3f} |"
         )
-        pooled.setdefault((c["policy"], c["fraction"]), []).append(f)
     lines += [
         "",
         "Seeds pooled (last checkpoint):",
@@ -521,7 +524,8 @@ def report(out: Path) -> str:
         "| policy | episodes | seeds | success (Wilson 95 %) | avg max reward (mean over seeds) |",
         "|---|---|---|---|---|",
     ]
-    for (pol, frac), fs in pooled.items():
+    for (pol, frac), cs in by_policy(cells).items():
+        fs = [c["final"] for c in cs]
         k = sum(sum(f["successes"]) for f in fs)
         n = sum(len(f["successes"]) for f in fs)
         amr = sum(f["avg_max_reward"] for f in fs) / len(fs)

@@ -36,8 +36,12 @@ def cell_gamma(cell: dict) -> float | None:
     flags = cell.get("policy_flags") or []
     if "--policy.type=cdp" not in flags:
         return flag_value(flags, "contraction_weight", None)
-    loss = flag_value(flags, "contraction_loss", "frobenius")
-    return flag_value(flags, "contraction_weight", LOSS_DEFAULTS.get(loss, {}).get("weight"))
+    return flag_value(flags, "contraction_weight", loss_default(flags, "weight"))
+
+
+def loss_default(flags: list[str], name: str):
+    """The ``estimator`` or ``weight`` a cdp cell's loss (``frobenius`` where its flags name none) takes unset."""
+    return LOSS_DEFAULTS.get(flag_value(flags, "contraction_loss", "frobenius"), {}).get(name)
 
 
 def flag_value(flags: list[str], name: str, default=None):
@@ -121,6 +125,7 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
                 ratios.append(c["update_s"] / d)
         prof = [c["probe"]["lambda_profile"] for c in cs]
         flags = cs[0].get("policy_flags") or []
+        loss = flag_value(flags, "contraction_loss", "frobenius")
         agg[k] = {
             "seeds": [c["cell"]["seed"] for c in cs],
             **success_stats([s for c in cs for s in c["eval"]["successes"]]),
@@ -147,14 +152,9 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
             "gamma": cell_gamma(cs[0]),
             "noise_window": flag_value(flags, "contraction_noise_window", [0.0, 1.0]),
             "step_window": flag_value(flags, "contraction_step_window", [0.0, 1.0]),
-            "loss": flag_value(flags, "contraction_loss", "frobenius"),
-            "estimator": flag_value(
-                flags,
-                "contraction_estimator",
-                LOSS_DEFAULTS.get(flag_value(flags, "contraction_loss", "frobenius"), {}).get("estimator"),
-            ),
-            "penalty": flag_value(flags, "contraction_loss", "frobenius") != "none"
-            and "--policy.type=cdp" in flags,
+            "loss": loss,
+            "estimator": flag_value(flags, "contraction_estimator", loss_default(flags, "estimator")),
+            "penalty": loss != "none" and "--policy.type=cdp" in flags,
             "cells": cs,
         }
     return agg

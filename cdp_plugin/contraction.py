@@ -109,6 +109,7 @@ __all__ = [
     "penalty_rows",
     "penalty_from_outputs",
     "contraction_penalty",
+    "dual_ascent_weight",
 ]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -159,6 +160,18 @@ class ContractionConfig:
             "per-dimension units, see `normalization`; hinge 1)"
         ),
     )
+    adaptive_target: float | None = field(
+        default=None,
+        metadata=_doc(
+            "set (hinge only): gamma adapts by dual ascent towards this share of penalised samples outside "
+            "the step's contraction window, `gamma <- clip(gamma + adaptive_lr (v - target), 0, "
+            "adaptive_max)` each penalised step, from `weight`; unset: gamma is fixed"
+        ),
+    )
+    adaptive_lr: float = field(
+        default=0.05, metadata=_doc("dual-ascent step of the adaptive gamma (per penalised training step)")
+    )
+    adaptive_max: float = field(default=10.0, metadata=_doc("upper bound of the adaptive gamma"))
     margin: float = field(
         default=0.1,
         metadata=_doc("beta: Frobenius target `-beta I`; hinge threshold shrunk by beta (`margin_mode`)"),
@@ -261,6 +274,23 @@ class ContractionConfig:
             (w >= 0 and math.isfinite(w), f"contraction weight must be finite and >= 0, got {w}"),
             (m >= 0 and math.isfinite(m), f"contraction margin must be finite and >= 0, got {m}"),
             (
+                not self.adaptive or self.loss == "hinge",
+                f"contraction adaptive_target needs loss 'hinge' (its share of violating samples steers "
+                f"gamma), got loss {self.loss!r}",
+            ),
+            (
+                not self.adaptive or 0 <= self.adaptive_target < 1,
+                f"contraction adaptive_target must be in [0, 1), got {self.adaptive_target}",
+            ),
+            (
+                self.adaptive_lr > 0 and math.isfinite(self.adaptive_lr),
+                f"contraction adaptive_lr must be finite and > 0, got {self.adaptive_lr}",
+            ),
+            (
+                math.isfinite(self.adaptive_max) and self.adaptive_max >= (w if self.adaptive else 0),
+                f"contraction adaptive_max must be finite and >= weight ({w}), got {self.adaptive_max}",
+            ),
+            (
                 self.margin_mode in ("relative", "additive"),
                 f"margin_mode must be 'relative' or 'additive', got {self.margin_mode!r}",
             ),
@@ -297,8 +327,13 @@ class ContractionConfig:
                 raise ValueError(msg)
 
     @property
+    def adaptive(self) -> bool:
+        """Whether gamma adapts by dual ascent (:func:`dual_ascent_weight`) rather than staying ``weight``."""
+        return self.adaptive_target is not None
+
+    @property
     def active(self) -> bool:
-        return self.loss != "none" and self.weight > 0
+        return self.loss != "none" and (self.weight > 0 or self.adaptive)
 
     @property
     def fused(self) -> bool:
@@ -323,6 +358,22 @@ LOSS_DEFAULTS: dict[str, dict[str, object]] = {
 
 # Values a config saved before a field existed had (``normalization`` / ``threshold`` came with issue 13).
 LEGACY_VALUES = {"normalization": "paper_d2", "threshold": "alpha"}
+
+
+def dual_ascent_weight(weight: float, violation_frac: float, cfg: ContractionConfig) -> float:
+    """One dual-ascent step of the adaptive gamma: ``clip(gamma + lr (v - target), 0, adaptive_max)``.
+
+    gamma is the Lagrange multiplier of the constraint "share ``v`` of penalised training samples outside
+    their step's contraction window <= ``adaptive_target``" (``v``: the estimator's ``violation_frac`` at
+    this step). It grows while more samples violate than the target allows and decays towards 0 where the
+    sampler already contracts, so no penalty is bought there and rare violations get no full-size kick.
+    """
+    if not cfg.adaptive:
+        raise ValueError("dual_ascent_weight: the contraction config has no adaptive_target")
+    if not math.isfinite(violation_frac) or not 0 <= violation_frac <= 1:
+        raise ValueError(f"dual_ascent_weight: violation_frac must be in [0, 1], got {violation_frac}")
+    step = cfg.adaptive_lr * (violation_frac - cfg.adaptive_target)
+    return min(max(float(weight) + step, 0.0), cfg.adaptive_max)
 
 
 def field_docs() -> dict[str, tuple[object, str]]:
@@ -1027,7 +1078,12 @@ def hinge_fd_ritz(p: PenaltyInputs) -> tuple[Tensor, dict]:
     u = r.v.to(dt).flatten(1)
     ju = ((p.y_rows.to(dt) - p.y.to(dt)) / r.fd_step).flatten(1)
     ray = p.a.to(dt) + p.c.to(dt) * (ju * u).sum(1) / u.pow(2).sum(1)
-    return _hinge(p, ray, ray), {"probe_rayleigh": ray.detach().mean().item()}
+    r_ = ray.detach()
+    bad = r_ >= p.upper if p.lower is None else (r_ >= p.upper) | (r_ <= p.lower)
+    return _hinge(p, ray, ray), {
+        "probe_rayleigh": r_.mean().item(),
+        "violation_frac": bad.float().mean().item(),
+    }
 
 
 def hinge_exact(p: PenaltyInputs) -> tuple[Tensor, dict]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import trange
 
-from cdp_plugin.contraction import ContractionConfig, contraction_penalty
+from cdp_plugin.contraction import ContractionConfig, contraction_penalty, dual_ascent_weight
 from cdp_plugin.samplers import (
     ScheduleConfig,
     alpha_sigma,
@@ -91,6 +91,7 @@ def train_toy(
     )
     model = ToyDenoiser(num_train_timesteps=num_train_timesteps)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gamma = contraction.weight if contraction is not None else 0.0
     for _ in trange(steps, disable=not progress, desc="toy"):
         x0 = data[torch.randint(0, n_data, (batch_size,), generator=g)]
         eps = torch.randn(x0.shape, generator=g)
@@ -103,7 +104,7 @@ def train_toy(
         loss = (pred - target).pow(2).mean()
         if contraction is not None and contraction.active:
             a, s = alpha_sigma(sched, t)
-            pen, _ = contraction_penalty(
+            pen, diag = contraction_penalty(
                 lambda x, i, t=t: model(x, t[i]),
                 xt,
                 a,
@@ -114,7 +115,9 @@ def train_toy(
                 generator=g,
                 y=pred,
             )
-            loss = loss + contraction.weight * pen
+            loss = loss + gamma * pen
+            if contraction.adaptive and "violation_frac" in diag:
+                gamma = dual_ascent_weight(gamma, diag["violation_frac"], contraction)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -231,6 +231,25 @@ def test_markdown_and_plots(tmp_path):
     assert (
         "### pointmaze" in md and "| CDP-frobenius | 100 % | 100 [84, 100]" in md and "pusht: skipped" in md
     )
+    assert "(pointmaze 4 episodes)" in md and "human demonstrations" not in md
+    # a section of its own names its own plots, the human Push-T data, and DP's success over training
+    cells = synthetic_cells()
+    dp = next(c for c in cells if c["cell"]["policy"] == "dp")
+    dp["success_over_training"] = [
+        {"step": 2, "successes": [False] * 10},
+        {"step": 4, "successes": dp["eval"]["successes"]},
+    ]
+    md = matrix_markdown(
+        aggregate(cells),
+        {**prof, "tasks": ["pointmaze", "pusht"]},
+        {"command": "cdp-bench --profile standard", "card": "GPU", "date": "today"},
+        {},
+        [],
+        ["benchmarks/plots/standard_gpu/success_vs_fraction.png"],
+    )
+    assert "Plots: `benchmarks/plots/standard_gpu/success_vs_fraction.png`" in md
+    assert "pusht: Chi et al.'s 206 human demonstrations" in md
+    assert f"- `{dp['id']}`: 2: 0 %, 4: " in md
     paths = make_plots(agg, prof, tmp_path)
     assert {p.name for p in paths} == {
         "success_vs_fraction.png",

@@ -305,6 +305,33 @@ def test_state_dict_unchanged_and_kwargs_do_not_leak():
     base.load_state_dict(cdp.state_dict(), strict=True)
 
 
+def test_adaptive_weight_is_a_buffer_stepped_by_dual_ascent():
+    """With ``contraction_adaptive_target`` gamma is the buffer ``cdp_contraction_weight``: each training step
+    uses it and moves it by the core's dual-ascent recurrence; the state_dict carries it (a resumed workspace)."""
+    from cdp_plugin.contraction import dual_ascent_weight
+
+    kw = dict(
+        contraction_loss="hinge",
+        contraction_adaptive_target=0.2,
+        contraction_adaptive_lr=0.5,
+        contraction_adaptive_max=1.0,
+        contraction_weight=0.0,
+        contraction_batch_fraction=1.0,
+    )
+    cdp = _contractive_cls()(_unet(), _scheduler("sample"), DA, DO, TO, **kw)
+    assert "cdp_contraction_weight" in cdp.state_dict()
+    gamma = 0.0
+    for seed in range(3):
+        cdp.compute_loss(_batch(seed)).backward()
+        info = cdp.last_contraction
+        assert info["weight"] == pytest.approx(gamma)
+        gamma = dual_ascent_weight(gamma, info["violation_frac"], cdp.contraction)
+    assert float(cdp.cdp_contraction_weight) == pytest.approx(gamma)
+    resumed = _contractive_cls()(_unet(), _scheduler("sample"), DA, DO, TO, **kw)
+    resumed.load_state_dict(cdp.state_dict(), strict=True)
+    assert resumed._cdp_weight() == pytest.approx(gamma)
+
+
 def test_every_k_steps():
     _, cdp = _pair(contraction_every=2)
     pens = []

@@ -255,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     elif re.fullmatch(r"bench:[a-z0-9][a-z0-9_-]*", a.section or MATRIX_TAG):
         # the matrix report; a section of its own (e.g. bench:standard-gpu) keeps another run's matrix intact
         tag = a.section or MATRIX_TAG
-        replace_section(results, tag, matrix_markdown(agg, prof, meta, skipped, failed))
         paths = make_plots(agg, prof, plots)
+        shown = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths]
+        replace_section(results, tag, matrix_markdown(agg, prof, meta, skipped, failed, shown))
     else:
         raise SystemExit(
             f"cdp-bench: --section must be {MATRIX_TAG}, {PENALTY_TAG} or another bench:<name>, got {a.section!r}"

@@ -103,7 +103,42 @@ def summary_lines(agg: dict) -> list[str]:
     return out
 
 
-def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str], failed: list[str]) -> str:
+def _dataset_phrase(profile: dict) -> str:
+    """Where each task's data came from: generated expert episodes, or Push-T's human demonstrations."""
+    parts = [f"{k} {v} episodes" for k, v in profile["dataset_episodes"].items() if k in profile["tasks"]]
+    made = f"expert datasets from `cdp_plugin.data.generate` ({', '.join(parts)})" if parts else ""
+    human = "pusht: Chi et al.'s 206 human demonstrations" if "pusht" in profile["tasks"] else ""
+    return "; ".join(x for x in (made, human) if x)
+
+
+def plateau_lines(agg: dict) -> list[str]:
+    """DP's success at each checkpoint (``plateau_evals``) and whether it stopped rising, or nothing."""
+    pl = plateau([c for a in agg.values() for c in a["cells"]])
+    if not pl:
+        return []
+    lines = [
+        (
+            "DP training length (success at each checkpoint; 'stopped rising' = the last checkpoint's interval "
+            "overlaps the best earlier one's):"
+        ),
+        "",
+    ]
+    for p in pl:
+        rows = ", ".join(f"{r['step']}: {100 * r['success']:.0f} %" for r in p["rows"])
+        lines.append(
+            f"- `{p['id']}`: {rows} -> {'stopped rising' if p['stopped_rising'] else 'STILL RISING'}"
+        )
+    return lines + [""]
+
+
+def matrix_markdown(
+    agg: dict,
+    profile: dict,
+    meta: dict,
+    skipped: dict[str, str],
+    failed: list[str],
+    plots: list[str] | None = None,
+) -> str:
     trained = sorted({a["gamma"] for a in agg.values() if a.get("penalty") and a.get("gamma") is not None})
     gammas = " / ".join(f"{g:g}" for g in trained) or "–"
     lines = [
@@ -117,8 +152,7 @@ def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str
             f"UNet down_dims {profile['down_dims']}, lr {profile['lr']} (no warm-up), horizon {profile['horizon']}, "
             f"n_action_steps {profile['n_action_steps']}; seeds {profile['seeds']}; data fractions "
             f"{[int(f * 100) for f in profile['fractions']]} % (random *episode* subsets, seed 42+seed, same subset for "
-            "every policy); expert datasets from `cdp_plugin.data.generate` "
-            f"({', '.join(f'{k} {v} episodes' for k, v in profile['dataset_episodes'].items() if k in profile['tasks'])})."
+            f"every policy); {_dataset_phrase(profile)}."
         ),
         (
             f"- Every policy is evaluated with the same deterministic sampler: DDIM (eta = 0), "
@@ -172,11 +206,15 @@ def matrix_markdown(agg: dict, profile: dict, meta: dict, skipped: dict[str, str
             *[f"- `{c}` (see `logs/{c}.error.txt` in the output directory)" for c in failed],
             "",
         ]
+    shown = plots or [
+        "benchmarks/plots/success_vs_fraction.png",
+        "action_variance.png",
+        "separation_ratio.png",
+        "lambda_max_vs_noise.png",
+    ]
+    lines += plateau_lines(agg)
     lines += [
-        (
-            "Plots: `benchmarks/plots/success_vs_fraction.png`, `action_variance.png`, `separation_ratio.png` "
-            "(over training), `lambda_max_vs_noise.png`."
-        ),
+        "Plots: " + ", ".join(f"`{p}`" for p in shown) + " (separation ratio over training).",
         "",
         (
             f"Caveats: profile `{profile['name']}` trains for {profile['steps']} steps; with few evaluation episodes per "
@@ -342,21 +380,7 @@ def penalty_markdown(agg: dict, profile: dict, meta: dict, failed: list[str], pl
             DEFAULT_RULE + f" On {task} it picks: **{choice or 'none (no variant qualifies)'}**.",
             "",
         ]
-    pl = plateau([c for a in agg.values() for c in a["cells"]])
-    if pl:
-        lines += [
-            (
-                "DP training length (success at each checkpoint; 'stopped rising' = the last checkpoint's interval "
-                "overlaps the best earlier one's):"
-            ),
-            "",
-        ]
-        for p in pl:
-            rows = ", ".join(f"{r['step']}: {100 * r['success']:.0f} %" for r in p["rows"])
-            lines.append(
-                f"- `{p['id']}`: {rows} -> {'stopped rising' if p['stopped_rising'] else 'STILL RISING'}"
-            )
-        lines.append("")
+    lines += plateau_lines(agg)
     if failed:
         lines += ["Failed cells: " + ", ".join(f"`{c}`" for c in failed), ""]
     lines += ["Plots: " + ", ".join(f"`{p}`" for p in plots) + ".", ""]

@@ -43,6 +43,7 @@ from cdp_plugin.contraction import (
     ContractionConfig,
     PenaltyRows,
     StepGrid,
+    dual_ascent_weight,
     penalty_from_outputs,
     penalty_rows,
 )
@@ -212,7 +213,9 @@ class ContractiveMixin:
     Put it **first** in the bases. All arguments of the upstream constructor are accepted unchanged; the
     keyword arguments below are new, have defaults, and are removed before the upstream constructor runs
     (upstream forwards unknown keyword arguments to ``scheduler.step``). They are stored as plain Python
-    attributes: the state_dict, the optimiser's parameter list and EMA are those of the upstream class.
+    attributes: the state_dict, the optimiser's parameter list and EMA are those of the upstream class,
+    except with ``contraction_adaptive_target`` set, whose dual variable gamma is the scalar buffer
+    ``cdp_contraction_weight`` (in the state_dict, so a resumed workspace continues it).
 
     Keyword Args:
         contraction_<name>: every field of :class:`cdp_plugin.contraction.ContractionConfig`, with its
@@ -246,6 +249,12 @@ class ContractiveMixin:
         self.last_contraction: dict[str, float] = {}
         self._cdp_step = 0
         self._cdp_sched_cache: tuple | None = None
+        if cfg.adaptive:
+            self.register_buffer("cdp_contraction_weight", torch.tensor(float(cfg.weight)))
+
+    def _cdp_weight(self) -> float:
+        """gamma of the next training step: ``contraction_weight`` or the adaptive buffer's value."""
+        return float(self.cdp_contraction_weight) if self.contraction.adaptive else self.contraction.weight
 
     # ------------------------------------------------------------------------------------------------
     # training
@@ -292,7 +301,7 @@ class ContractiveMixin:
                 "loss": float(loss.detach()),
                 "diffusion_loss": float(loss.detach()),
                 "penalty": 0.0,
-                "weight": cfg.weight,
+                "weight": self._cdp_weight(),
                 "step": float(step),
             }
             return loss
@@ -326,12 +335,15 @@ class ContractiveMixin:
             timesteps=cap.t,
             grid=cap.grid,
         )
-        loss = diffusion_loss + cfg.weight * penalty
+        weight = self._cdp_weight()
+        loss = diffusion_loss + weight * penalty
+        if cfg.adaptive and "violation_frac" in diag:  # dual ascent: gamma of the next step
+            self.cdp_contraction_weight.fill_(dual_ascent_weight(weight, diag["violation_frac"], cfg))
         self.last_contraction = {
             "loss": float(loss.detach()),
             "diffusion_loss": float(diffusion_loss.detach()),
             "penalty": float(penalty.detach()),
-            "weight": cfg.weight,
+            "weight": weight,
             "step": float(step),
             **{k: float(v) for k, v in diag.items()},
         }

@@ -1,7 +1,9 @@
 """Contractive Diffusion Policy for LeRobot: ``DiffusionPolicy`` + contraction penalty + ODE sampler.
 
 The checkpoint layout is LeRobot's ``diffusion`` one (``diffusion.unet.*``, ``diffusion.rgb_encoder.*``):
-no parameter or buffer is added, so ``diffusion`` weights load into ``cdp`` and back.
+no parameter or buffer is added, so ``diffusion`` weights load into ``cdp`` and back. The one exception is
+the adaptive weight (``contraction_adaptive_target`` set): its dual variable gamma is the scalar buffer
+``diffusion.contraction_weight``, saved with the weights so that ``--resume=true`` continues it.
 """
 
 import os
@@ -13,7 +15,13 @@ from lerobot.policies.diffusion.modeling_diffusion import DiffusionModel, Diffus
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 from torch import Tensor
 
-from cdp_plugin.contraction import StepGrid, penalty_from_outputs, penalty_rows, sym_extreme_eigs
+from cdp_plugin.contraction import (
+    StepGrid,
+    dual_ascent_weight,
+    penalty_from_outputs,
+    penalty_rows,
+    sym_extreme_eigs,
+)
 from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig
 from cdp_plugin.policy.guards import GuardedPolicyMixin, check_finite_loss, install_train_hooks
 from cdp_plugin.samplers import alpha_sigma, make_scheduler
@@ -36,6 +44,12 @@ class ContractiveDiffusionModel(DiffusionModel):
         self._last_diag: dict[str, float] = {}  # latest Lanczos estimates, logged every step
         self.last_info: dict[str, float] = {}  # floats of the latest compute_loss, for LeRobot's training log
         self._step_grid: StepGrid | None = None
+        if self.contraction.adaptive:  # the dual variable: saved in model.safetensors, restored on resume
+            self.register_buffer("contraction_weight", torch.tensor(float(self.contraction.weight)))
+
+    def current_weight(self) -> float:
+        """gamma of the next training step: ``contraction_weight`` (fixed) or the adaptive buffer's value."""
+        return float(self.contraction_weight) if self.contraction.adaptive else self.contraction.weight
 
     def step_grid(self) -> StepGrid | None:
         """The deployed sampler's steps on the training timestep axis (step window, per-step thresholds), or
@@ -177,7 +191,10 @@ class ContractiveDiffusionModel(DiffusionModel):
             info.update({f"contraction_{k}": v for k, v in diag.items() if k in DIAG_KEYS})
 
         diffusion_loss = self._diffusion_loss(pred, self._target(trajectory, eps, timesteps), batch)
-        loss = diffusion_loss + ccfg.weight * penalty
+        weight = self.current_weight()
+        loss = diffusion_loss + weight * penalty
+        if active and ccfg.adaptive and "violation_frac" in diag:  # dual ascent: gamma of the next step
+            self.contraction_weight.fill_(dual_ascent_weight(weight, diag["violation_frac"], ccfg))
         if training:  # nothing non-finite reaches the optimiser (policy/guards.py); LeRobot counts from 1
             terms = {"diffusion_loss": diffusion_loss, "contraction_penalty": penalty, "total": loss}
             hint = f"Lower --policy.optimizer_lr (now {cfg.optimizer_lr:g}) or check the data."
@@ -185,6 +202,8 @@ class ContractiveDiffusionModel(DiffusionModel):
 
         info["diffusion_loss"] = diffusion_loss.item()
         info["contraction_loss"] = penalty.item()
+        if ccfg.adaptive:
+            info["contraction_weight"] = weight
         if training and cfg.contraction_diag_every and step % cfg.contraction_diag_every == 0:
             self._last_diag = self._eig_diagnostics(noisy, timesteps, global_cond, alpha, sigma)
         for k, v in self._last_diag.items():
@@ -300,6 +319,7 @@ def model_card_section(config: ContractiveDiffusionConfig) -> str:
             "contraction_loss",
             "contraction_estimator",
             "contraction_weight",
+            "contraction_adaptive_target",
             "contraction_normalization",
             "contraction_margin",
             "contraction_batch_fraction",

@@ -1,0 +1,205 @@
+"""The adaptive contraction weight (issue 13, item 2): gamma by dual ascent on the share of violating samples.
+
+Core: the update rule and its validation; on the exact Gaussian model with learnable per-step gains it buys
+contraction where the data force expansion and stays at exactly 0 (the plain diffusion loss, bit for bit) where
+the sampler already contracts. Front ends: the LeRobot policy and the diffusion_policy adapter step the same
+recurrence, keep gamma in one scalar buffer, and ``save_pretrained`` / ``--resume=true`` continue it (the
+adapter's test is in ``test_diffusion_policy_adapter.py``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import load_file
+from test_contraction_sampler import PerStepGain, T, _sep
+
+import lerobot_policy_cdp  # noqa: F401  (registers cdp)
+from cdp_plugin.bench.metrics import parse_train_log
+from cdp_plugin.contraction import ContractionConfig, StepGrid, contraction_penalty, dual_ascent_weight
+from cdp_plugin.samplers import ScheduleConfig, alpha_sigma, make_scheduler
+
+ADAPTIVE = dict(loss="hinge", adaptive_target=0.2, adaptive_lr=0.5, adaptive_max=1.0, weight=0.0)
+
+
+def test_dual_ascent_rises_with_violations_falls_without_and_is_clipped():
+    cfg = ContractionConfig(**ADAPTIVE)
+    assert cfg.adaptive and cfg.active  # active from gamma 0: it may have to rise
+    assert dual_ascent_weight(0.0, 1.0, cfg) == pytest.approx(0.4)  # 0 + 0.5 (1 - 0.2)
+    assert dual_ascent_weight(0.5, 0.2, cfg) == pytest.approx(0.5)  # on target: unchanged
+    assert dual_ascent_weight(0.05, 0.0, cfg) == 0.0  # clipped at 0
+    assert dual_ascent_weight(0.9, 1.0, cfg) == 1.0  # clipped at adaptive_max
+    assert not ContractionConfig(loss="hinge").adaptive
+    with pytest.raises(ValueError, match="no adaptive_target"):
+        dual_ascent_weight(0.1, 0.5, ContractionConfig(loss="hinge"))
+    with pytest.raises(ValueError, match="violation_frac"):
+        dual_ascent_weight(0.1, float("nan"), cfg)
+
+
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(loss="frobenius", adaptive_target=0.2), "adaptive_target needs loss 'hinge'"),
+        (dict(loss="hinge", adaptive_target=1.0), "adaptive_target must be in"),
+        (dict(loss="hinge", adaptive_target=0.1, adaptive_lr=0.0), "adaptive_lr"),
+        (dict(loss="hinge", adaptive_target=0.1, weight=2.0, adaptive_max=1.0), "adaptive_max"),
+    ],
+)
+def test_bad_adaptive_settings_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=field):
+        ContractionConfig(**kw)
+
+
+def _train_gains(s: float, cfg: ContractionConfig | None, steps: int = 300):
+    """Fit per-step x0 gains to data N(0, s^2 I) (diffusion loss), plus gamma * hinge with the adaptive gamma;
+    returns the model and the gamma trajectory. Data and penalty draw from separate generators."""
+    sched = make_scheduler("ddim", ScheduleConfig(T, prediction_type="sample", clip_sample=False))
+    model = PerStepGain(s, "sample", sched)  # start at the exact model of the data
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    gd, gp = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    grid = StepGrid.from_sampler(sched, "ddim", 20)  # the deployed DDIM-20 grid's exact per-step bounds
+    gamma, gammas = (cfg.weight if cfg else 0.0), []
+    for _ in range(steps):
+        t = torch.randint(0, T, (64,), generator=gd)
+        a, sg = alpha_sigma(sched, t)
+        a, sg = a.double().view(-1, 1), sg.double().view(-1, 1)
+        x0 = s * torch.randn(64, 3, generator=gd, dtype=torch.float64)
+        xt = a * x0 + sg * torch.randn(64, 3, generator=gd, dtype=torch.float64)
+        loss = (model(xt, t) - x0).pow(2).mean()
+        if cfg is not None:
+            pen, diag = contraction_penalty(
+                lambda z, i, t=t: model(z, t[i]),
+                xt,
+                a.view(-1),
+                sg.view(-1),
+                "sample",
+                cfg,
+                generator=gp,
+                timesteps=t,
+                grid=grid,
+            )
+            loss = loss + gamma * pen
+            if "violation_frac" in diag:
+                gamma = dual_ascent_weight(gamma, diag["violation_frac"], cfg)
+        gammas.append(gamma)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, sched, gammas
+
+
+def test_adaptive_gamma_buys_contraction_only_where_the_data_force_expansion():
+    """Data wider than the noise (s = 1.5): the exact sampler expands; gamma rises and the trained sampler
+    contracts where the no-penalty fit expands. Data narrower (s = 0.5): the sampler already contracts, gamma
+    stays about 0 (1 % of the wide case's) and the sampler is the no-penalty fit's."""
+    cfg = ContractionConfig(
+        loss="hinge", adaptive_target=0.05, adaptive_lr=0.2, adaptive_max=10.0, weight=0.0
+    )
+    noise = torch.randn(8, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    plain, sched, _ = _train_gains(1.5, None)
+    tuned, _, wide = _train_gains(1.5, cfg)
+    mean = lambda g: sum(g) / len(g)  # noqa: E731
+    assert mean(wide) > 1.0, wide[-10:]
+    assert _sep(plain, sched, noise) > 1 > _sep(tuned, sched, noise)  # measured 1.34 -> 0.76
+
+    plain, _, _ = _train_gains(0.5, None)
+    tuned, _, narrow = _train_gains(0.5, cfg)
+    # only the marginal lowest-noise steps (x0 gain ~ 1/alpha_t there for any data) ever tip it above 0
+    assert mean(narrow) < 0.01 * mean(wide) and min(narrow[-20:]) == 0.0, (mean(narrow), narrow[-20:])
+    assert _sep(tuned, sched, noise) == pytest.approx(_sep(plain, sched, noise), rel=0.05)
+
+
+# ---------------------------------------------------------------------------------------------- LeRobot
+
+
+def _tiny_lerobot(**kw):
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from cdp_plugin.policy import ContractiveDiffusionConfig, ContractiveDiffusionPolicy
+
+    cfg = ContractiveDiffusionConfig(
+        device="cpu",
+        horizon=8,
+        n_action_steps=4,
+        down_dims=(16, 32),
+        diffusion_step_embed_dim=16,
+        contraction_diag_every=0,
+        push_to_hub=False,
+        input_features={
+            "observation.state": PolicyFeature(FeatureType.STATE, (2,)),
+            "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,)),
+        },
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        **kw,
+    )
+    return ContractiveDiffusionPolicy(cfg)
+
+
+def test_lerobot_policy_steps_the_recurrence_and_saves_gamma(tmp_path):
+    from cdp_plugin.policy import ContractiveDiffusionPolicy
+
+    torch.manual_seed(0)
+    kw = {f"contraction_{k}": v for k, v in ADAPTIVE.items()}
+    policy = _tiny_lerobot(**kw).train()
+    assert "diffusion.contraction_weight" in policy.state_dict()
+    assert "diffusion.contraction_weight" not in _tiny_lerobot().state_dict()  # the default adds nothing
+    cfg = policy.diffusion.contraction
+    batch = {
+        "observation.state": torch.randn(8, 2, 2),
+        "observation.environment_state": torch.randn(8, 2, 3),
+        "action": torch.rand(8, 8, 2) * 2 - 1,
+        "action_is_pad": torch.zeros(8, 8, dtype=torch.bool),
+    }
+    gamma = 0.0
+    for _ in range(4):
+        loss, info = policy.forward(batch)
+        loss.backward()
+        assert info["contraction_weight"] == pytest.approx(gamma)  # the gamma this step trained with
+        gamma = dual_ascent_weight(gamma, info["contraction_violation_frac"], cfg)
+        assert policy.diffusion.current_weight() == pytest.approx(gamma)
+    policy.diffusion.contraction_weight.fill_(0.37)
+    policy.save_pretrained(tmp_path)
+    assert load_file(tmp_path / "model.safetensors")["diffusion.contraction_weight"].item() == pytest.approx(
+        0.37
+    )
+    again = ContractiveDiffusionPolicy.from_pretrained(tmp_path)
+    assert again.diffusion.current_weight() == pytest.approx(0.37)
+
+
+def test_lerobot_train_resume_continues_gamma(pusht_like_dataset, tmp_path):
+    """lerobot-train with the adaptive hinge; ``--resume=true`` trains its first step with the gamma the
+    checkpoint saved (not the initial weight)."""
+    from test_policy_lerobot import TRAIN_FLAGS
+
+    out = tmp_path / "adaptive"
+    run_cli(
+        "lerobot-train",
+        *TRAIN_FLAGS,
+        "--policy.contraction_loss=hinge",
+        "--policy.contraction_weight=0.5",
+        "--policy.contraction_adaptive_target=0.5",
+        "--policy.contraction_adaptive_lr=1.0",
+        f"--dataset.root={pusht_like_dataset}",
+        f"--output_dir={out}",
+        "--steps=8",
+        "--save_freq=8",
+        "--log_freq=1",
+    )
+    ckpt = out / "checkpoints" / "last"
+    saved = load_file(ckpt / "pretrained_model" / "model.safetensors")["diffusion.contraction_weight"].item()
+    assert saved != 0.5  # gamma moved (by violation_frac - 0.5 per step)
+    cfg = json.loads((ckpt / "pretrained_model" / "config.json").read_text())
+    assert cfg["contraction_adaptive_target"] == 0.5
+    proc = run_cli(
+        "lerobot-train",
+        f"--config_path={ckpt / 'pretrained_model' / 'train_config.json'}",
+        "--resume=true",
+        "--steps=10",
+        "--log_freq=1",
+    )
+    rows = parse_train_log(proc.stdout + proc.stderr)
+    assert rows[0]["step"] == 9 and rows[0]["contraction_weight"] == pytest.approx(saved, abs=1e-3), rows[:2]

@@ -110,6 +110,7 @@ __all__ = [
     "penalty_from_outputs",
     "contraction_penalty",
     "dual_ascent_weight",
+    "violation_share",
 ]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -163,9 +164,10 @@ class ContractionConfig:
     adaptive_target: float | None = field(
         default=None,
         metadata=_doc(
-            "set (hinge only): gamma adapts by dual ascent towards this share of penalised samples outside "
-            "the step's contraction window, `gamma <- clip(gamma + adaptive_lr (v - target), 0, "
-            "adaptive_max)` each penalised step, from `weight`; unset: gamma is fixed"
+            "set: gamma adapts by dual ascent towards this share v of penalised samples outside the step's "
+            "contraction window, `gamma <- clip(gamma + adaptive_lr (v - target), 0, adaptive_max)` each "
+            "penalised step, from `weight` (v from the estimator's eigenvalues, or the worst Ritz value of "
+            "the `fd_ritz` Krylov prepass, which `fd_probe` then also runs); unset: gamma is fixed"
         ),
     )
     adaptive_lr: float = field(
@@ -274,9 +276,12 @@ class ContractionConfig:
             (w >= 0 and math.isfinite(w), f"contraction weight must be finite and >= 0, got {w}"),
             (m >= 0 and math.isfinite(m), f"contraction margin must be finite and >= 0, got {m}"),
             (
-                not self.adaptive or self.loss == "hinge",
-                f"contraction adaptive_target needs loss 'hinge' (its share of violating samples steers "
-                f"gamma), got loss {self.loss!r}",
+                not self.adaptive
+                or (
+                    self.loss != "none" and ESTIMATOR_REGISTRY[(self.loss, self.estimator)].measures_violation
+                ),
+                f"contraction adaptive_target needs an estimator that measures violations (a share of samples "
+                f"outside the window steers gamma): not loss {self.loss!r} with estimator {self.estimator!r}",
             ),
             (
                 not self.adaptive or 0 <= self.adaptive_target < 1,
@@ -340,6 +345,12 @@ class ContractionConfig:
         """Whether the estimator's probe rows ride in the denoising forward pass."""
         return self.active and ESTIMATOR_REGISTRY[(self.loss, self.estimator)].fused
 
+    @property
+    def ritz_prepass(self) -> bool:
+        """Whether :func:`penalty_rows` runs the no-grad Krylov prepass: the ``fd_ritz`` hinge chooses its probe
+        with it, and the adaptive ``fd_probe`` Frobenius penalty measures its violation share with it."""
+        return self.fused and (ESTIMATOR_REGISTRY[(self.loss, self.estimator)].prepass or self.adaptive)
+
     def applies_at_step(self, step: int) -> bool:
         """Whether the penalty is computed at training step ``step`` (``every``-th steps only)."""
         return self.active and step % self.every == 0
@@ -358,6 +369,16 @@ LOSS_DEFAULTS: dict[str, dict[str, object]] = {
 
 # Values a config saved before a field existed had (``normalization`` / ``threshold`` came with issue 13).
 LEGACY_VALUES = {"normalization": "paper_d2", "threshold": "alpha"}
+
+
+def violation_share(diag: dict[str, float]) -> float | None:
+    """The share of penalised samples outside their step's window that steers the adaptive gamma, from a
+    penalty's diagnostics: from the estimated extreme eigenvalues where the estimator has them
+    (``violation_frac``), else from the worst Ritz value of the no-grad Krylov prepass
+    (``ritz_violation_frac``: ``fd_ritz``, and ``fd_probe`` with the adaptive weight). A random direction's
+    Rayleigh quotient would not do: it tracks the mean eigenvalue, inside the window on PointMaze even where
+    the largest one is outside for half the samples. ``None`` when no row was penalised."""
+    return diag.get("violation_frac", diag.get("ritz_violation_frac"))
 
 
 def dual_ascent_weight(weight: float, violation_frac: float, cfg: ContractionConfig) -> float:
@@ -713,6 +734,13 @@ def fd_probe_rayleigh(
     return (a * vv + c * (jv * vf).sum(1)) / vv
 
 
+def _outside(ray: Tensor, lower: Tensor | None, upper: Tensor) -> float:
+    """Share of rows whose Rayleigh quotient / Ritz value lies outside the step's (unshrunk) window."""
+    ray = ray.double()
+    bad = ray >= upper.double() if lower is None else (ray >= upper.double()) | (ray <= lower.double())
+    return bad.float().mean().item()
+
+
 def _violation_score(theta: Tensor, lower: Tensor | None, upper: Tensor) -> Tensor:
     """How far eigenvalue estimates ``theta`` (n, k) lie outside ``(lower, upper)`` (n,); larger is worse."""
     score = theta - upper[:, None]
@@ -730,9 +758,9 @@ def fd_ritz_direction(
     upper: Tensor,
     fd_step: float,
     krylov_dim: int,
-) -> Tensor:
-    """Probe direction of the ``fd_ritz`` hinge: the Ritz vector of sym J_x0 on the Krylov space
-    ``span{v, J_x0 v, ..., J_x0^(k-1) v}`` whose Ritz value lies farthest outside ``(lower, upper)``.
+) -> tuple[Tensor, Tensor]:
+    """Probe direction of the ``fd_ritz`` hinge and its Ritz value: the Ritz vector of sym J_x0 on the Krylov
+    space ``span{v, J_x0 v, ..., J_x0^(k-1) v}`` whose Ritz value lies farthest outside ``(lower, upper)``.
 
     ``J_f u = (f(x + h u) - f(x)) / h`` by forward differences: ``k + 1`` network passes on the rows of
     ``x`` (the first two in one call), no graph. The Krylov space of ``J_x0 = a I + c J_f`` is ``J_f``'s,
@@ -779,7 +807,7 @@ def fd_ritz_direction(
     best = score.argmax(1)
     d = dirs[torch.arange(n), :, best]
     d = d * (norm.double() / d.norm(dim=1).clamp_min(1e-300))[:, None]
-    return d.to(v.dtype).reshape(v.shape)
+    return d.to(v.dtype).reshape(v.shape), theta[torch.arange(n), best]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -867,7 +895,9 @@ class PenaltyRows:
     ``idx``: the penalised rows of the batch. For fused estimators (``fd_probe``) ``x`` are the perturbed
     rows ``x_t[idx] + h v`` to append to the denoising batch (with the conditioning / timesteps of ``idx``),
     ``v`` the probes and ``fd_step`` the step ``h`` used; for the others ``x`` is ``None`` and ``probes``
-    holds pinned probes (if any) for the selected rows.
+    holds pinned probes (if any) for the selected rows. ``ritz_violation_frac``: from the no-grad Krylov
+    prepass (``fd_ritz``, or ``fd_probe`` with the adaptive weight), the share of rows whose worst Ritz value
+    lies outside their step's window.
     """
 
     idx: Tensor
@@ -875,6 +905,7 @@ class PenaltyRows:
     v: Tensor | None = None
     fd_step: float = 0.0
     probes: Tensor | None = None
+    ritz_violation_frac: float | None = None  # share of rows whose prepass Ritz value is outside the window
 
     @property
     def extra(self) -> int:
@@ -935,19 +966,23 @@ def penalty_rows(
     h = _fd_step(cfg, x_t)
     xs = x_t[idx]
     v = pv[0] if pv is not None else _probes(xs.shape, xs, cfg.probe, generator)
-    if ESTIMATOR_REGISTRY[(cfg.loss, cfg.estimator)].prepass and idx.numel() > 0:
+    ritz = None
+    if cfg.ritz_prepass and idx.numel() > 0:
         if fn is None or alpha is None or sigma is None or prediction_type is None:
             raise ValueError(
-                f"estimator {cfg.estimator!r} chooses its probe before the forward pass: pass fn, alpha, "
-                "sigma and prediction_type to penalty_rows"
+                f"estimator {cfg.estimator!r} (adaptive: {cfg.adaptive}) runs no-grad Krylov steps before the "
+                "forward pass: pass fn, alpha, sigma and prediction_type to penalty_rows"
             )
         a_s = _per_sample(alpha, B, x_t, "alpha_t")[idx]
         s_s = _per_sample(sigma, B, x_t, "sigma_t")[idx]
         a, c = x0_jacobian_coeffs(a_s, s_s, prediction_type)
         lower, upper = _step_bounds(cfg, a_s, timesteps, idx, grid)
         f_rows = lambda x: fn(x, idx.repeat(x.shape[0] // idx.numel()))  # noqa: E731
-        v = fd_ritz_direction(f_rows, xs.detach(), v, a, c, lower, upper, h, cfg.krylov_dim)
-    return PenaltyRows(idx, xs + h * v, v, h)
+        u, ritz = fd_ritz_direction(f_rows, xs.detach(), v, a, c, lower, upper, h, cfg.krylov_dim)
+        ritz = _outside(ritz, lower, upper)
+        if ESTIMATOR_REGISTRY[(cfg.loss, cfg.estimator)].prepass:  # fd_ritz probes along it; fd_probe keeps v
+            v = u
+    return PenaltyRows(idx, xs + h * v, v, h, ritz_violation_frac=ritz)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -996,6 +1031,7 @@ class Estimator:
     fused: bool = False
     max_dim: int | None = None
     prepass: bool = False
+    measures_violation: bool = True  # its diagnostics give a violation share (the adaptive weight needs one)
 
 
 def _sym_x0_exact(p: PenaltyInputs, create_graph: bool = True) -> Tensor:
@@ -1034,7 +1070,10 @@ def frobenius_fd_probe(p: PenaltyInputs) -> tuple[Tensor, dict]:
         cfg.normalization,
     )
     ray = fd_probe_rayleigh(p.y, p.y_rows, r.v, r.fd_step, p.alpha, p.sigma, p.prediction_type)
-    return per, {"probe_rayleigh": ray.mean().item()}
+    diag = {"probe_rayleigh": ray.mean().item()}
+    if r.ritz_violation_frac is not None:  # the adaptive weight's prepass
+        diag["ritz_violation_frac"] = r.ritz_violation_frac
+    return per, diag
 
 
 def frobenius_hutchinson(p: PenaltyInputs) -> tuple[Tensor, dict]:
@@ -1079,10 +1118,9 @@ def hinge_fd_ritz(p: PenaltyInputs) -> tuple[Tensor, dict]:
     ju = ((p.y_rows.to(dt) - p.y.to(dt)) / r.fd_step).flatten(1)
     ray = p.a.to(dt) + p.c.to(dt) * (ju * u).sum(1) / u.pow(2).sum(1)
     r_ = ray.detach()
-    bad = r_ >= p.upper if p.lower is None else (r_ >= p.upper) | (r_ <= p.lower)
     return _hinge(p, ray, ray), {
         "probe_rayleigh": r_.mean().item(),
-        "violation_frac": bad.float().mean().item(),
+        "ritz_violation_frac": _outside(r_, p.lower, p.upper),
     }
 
 
@@ -1095,7 +1133,7 @@ def hinge_exact(p: PenaltyInputs) -> tuple[Tensor, dict]:
 
 ESTIMATOR_REGISTRY: dict[tuple[str, str], Estimator] = {
     ("frobenius", "fd_probe"): Estimator(frobenius_fd_probe, fused=True),
-    ("frobenius", "hutchinson"): Estimator(frobenius_hutchinson),
+    ("frobenius", "hutchinson"): Estimator(frobenius_hutchinson, measures_violation=False),
     ("frobenius", "exact"): Estimator(frobenius_exact, max_dim=EXACT_MAX_DIM),
     ("hinge", "lanczos"): Estimator(hinge_lanczos),
     ("hinge", "fd_ritz"): Estimator(hinge_fd_ritz, fused=True, prepass=True),

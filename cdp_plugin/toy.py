@@ -15,7 +15,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import trange
 
-from cdp_plugin.contraction import ContractionConfig, contraction_penalty, dual_ascent_weight
+from cdp_plugin.contraction import (
+    ContractionConfig,
+    contraction_penalty,
+    dual_ascent_weight,
+    violation_share,
+)
 from cdp_plugin.samplers import (
     ScheduleConfig,
     alpha_sigma,
@@ -116,8 +121,8 @@ def train_toy(
                 y=pred,
             )
             loss = loss + gamma * pen
-            if contraction.adaptive and "violation_frac" in diag:
-                gamma = dual_ascent_weight(gamma, diag["violation_frac"], contraction)
+            if contraction.adaptive and (v := violation_share(diag)) is not None:
+                gamma = dual_ascent_weight(gamma, v, contraction)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -19,7 +19,13 @@ from test_contraction_sampler import PerStepGain, T, _sep
 
 import lerobot_policy_cdp  # noqa: F401  (registers cdp)
 from cdp_plugin.bench.metrics import parse_train_log
-from cdp_plugin.contraction import ContractionConfig, StepGrid, contraction_penalty, dual_ascent_weight
+from cdp_plugin.contraction import (
+    ContractionConfig,
+    StepGrid,
+    contraction_penalty,
+    dual_ascent_weight,
+    violation_share,
+)
 from cdp_plugin.samplers import ScheduleConfig, alpha_sigma, make_scheduler
 
 ADAPTIVE = dict(loss="hinge", adaptive_target=0.2, adaptive_lr=0.5, adaptive_max=1.0, weight=0.0)
@@ -42,7 +48,8 @@ def test_dual_ascent_rises_with_violations_falls_without_and_is_clipped():
 @pytest.mark.parametrize(
     "kw,field",
     [
-        (dict(loss="frobenius", adaptive_target=0.2), "adaptive_target needs loss 'hinge'"),
+        (dict(loss="frobenius", estimator="hutchinson", adaptive_target=0.2), "measures violations"),
+        (dict(loss="none", adaptive_target=0.2), "measures violations"),
         (dict(loss="hinge", adaptive_target=1.0), "adaptive_target must be in"),
         (dict(loss="hinge", adaptive_target=0.1, adaptive_lr=0.0), "adaptive_lr"),
         (dict(loss="hinge", adaptive_target=0.1, weight=2.0, adaptive_max=1.0), "adaptive_max"),
@@ -82,8 +89,8 @@ def _train_gains(s: float, cfg: ContractionConfig | None, steps: int = 300):
                 grid=grid,
             )
             loss = loss + gamma * pen
-            if "violation_frac" in diag:
-                gamma = dual_ascent_weight(gamma, diag["violation_frac"], cfg)
+            if (v := violation_share(diag)) is not None:
+                gamma = dual_ascent_weight(gamma, v, cfg)
         gammas.append(gamma)
         opt.zero_grad()
         loss.backward()
@@ -91,13 +98,28 @@ def _train_gains(s: float, cfg: ContractionConfig | None, steps: int = 300):
     return model, sched, gammas
 
 
-def test_adaptive_gamma_buys_contraction_only_where_the_data_force_expansion():
+def test_adaptive_frobenius_keeps_its_random_probe_and_measures_with_the_ritz_prepass():
+    """The adaptive ``fd_probe`` penalty is the fixed one (same random probe, same value); its violation share
+    comes from the ``fd_ritz`` Krylov prepass (a random direction's quotient misses the largest eigenvalue)."""
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scale = torch.linspace(0.2, 1.8, 6, dtype=torch.float64)  # J_x0 = diag(scale): one direction expands
+    net = lambda z, i: z * scale  # noqa: E731
+    a, s = torch.full((8,), 0.8, dtype=torch.float64), torch.full((8,), 0.6, dtype=torch.float64)
+    fixed = ContractionConfig(loss="frobenius", batch_fraction=1.0)
+    adaptive = ContractionConfig(loss="frobenius", batch_fraction=1.0, adaptive_target=0.2)
+    p0, d0 = contraction_penalty(net, x, a, s, "sample", fixed, generator=torch.Generator().manual_seed(1))
+    p1, d1 = contraction_penalty(net, x, a, s, "sample", adaptive, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(p0, p1)
+    assert "ritz_violation_frac" not in d0 and d1["ritz_violation_frac"] == 1.0  # lambda_max 1.8 >= 0.8
+    assert d1["probe_rayleigh"] < 1.8 * 0.9  # the random probe alone sees about the mean eigenvalue
+
+
+@pytest.mark.parametrize("loss", ["hinge", "frobenius"])
+def test_adaptive_gamma_buys_contraction_only_where_the_data_force_expansion(loss):
     """Data wider than the noise (s = 1.5): the exact sampler expands; gamma rises and the trained sampler
     contracts where the no-penalty fit expands. Data narrower (s = 0.5): the sampler already contracts, gamma
     stays about 0 (1 % of the wide case's) and the sampler is the no-penalty fit's."""
-    cfg = ContractionConfig(
-        loss="hinge", adaptive_target=0.05, adaptive_lr=0.2, adaptive_max=10.0, weight=0.0
-    )
+    cfg = ContractionConfig(loss=loss, adaptive_target=0.05, adaptive_lr=0.2, adaptive_max=10.0, weight=0.0)
     noise = torch.randn(8, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 
     plain, sched, _ = _train_gains(1.5, None)
@@ -159,7 +181,7 @@ def test_lerobot_policy_steps_the_recurrence_and_saves_gamma(tmp_path):
         loss, info = policy.forward(batch)
         loss.backward()
         assert info["contraction_weight"] == pytest.approx(gamma)  # the gamma this step trained with
-        gamma = dual_ascent_weight(gamma, info["contraction_violation_frac"], cfg)
+        gamma = dual_ascent_weight(gamma, info["contraction_ritz_violation_frac"], cfg)
         assert policy.diffusion.current_weight() == pytest.approx(gamma)
     policy.diffusion.contraction_weight.fill_(0.37)
     policy.save_pretrained(tmp_path)

@@ -325,7 +325,7 @@ def test_adaptive_weight_is_a_buffer_stepped_by_dual_ascent():
         cdp.compute_loss(_batch(seed)).backward()
         info = cdp.last_contraction
         assert info["weight"] == pytest.approx(gamma)
-        gamma = dual_ascent_weight(gamma, info["violation_frac"], cdp.contraction)
+        gamma = dual_ascent_weight(gamma, info["ritz_violation_frac"], cdp.contraction)
     assert float(cdp.cdp_contraction_weight) == pytest.approx(gamma)
     resumed = _contractive_cls()(_unet(), _scheduler("sample"), DA, DO, TO, **kw)
     resumed.load_state_dict(cdp.state_dict(), strict=True)

@@ -39,13 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from cdp_plugin.contraction import (
-    ESTIMATOR_REGISTRY,
     ContractionConfig,
     PenaltyRows,
     StepGrid,
     dual_ascent_weight,
     penalty_from_outputs,
     penalty_rows,
+    violation_share,
 )
 from cdp_plugin.samplers import SAMPLERS, alpha_sigma
 
@@ -152,7 +152,7 @@ class _Capture:
         sl = o._cdp_action_slice(x)
         self.grid = grid = o._cdp_step_grid()
         ccfg = o.contraction
-        prepass = ccfg.active and ESTIMATOR_REGISTRY[(ccfg.loss, ccfg.estimator)].prepass
+        prepass = ccfg.active and ccfg.ritz_prepass
         alpha, sigma = alpha_sigma(o.noise_scheduler, self.t)
         self.alpha, self.sigma = alpha.to(x.dtype), sigma.to(x.dtype)
         self.nested = True
@@ -337,8 +337,8 @@ class ContractiveMixin:
         )
         weight = self._cdp_weight()
         loss = diffusion_loss + weight * penalty
-        if cfg.adaptive and "violation_frac" in diag:  # dual ascent: gamma of the next step
-            self.cdp_contraction_weight.fill_(dual_ascent_weight(weight, diag["violation_frac"], cfg))
+        if cfg.adaptive and (v := violation_share(diag)) is not None:  # dual ascent: gamma of the next step
+            self.cdp_contraction_weight.fill_(dual_ascent_weight(weight, v, cfg))
         self.last_contraction = {
             "loss": float(loss.detach()),
             "diffusion_loss": float(diffusion_loss.detach()),

@@ -21,6 +21,7 @@ from cdp_plugin.contraction import (
     penalty_from_outputs,
     penalty_rows,
     sym_extreme_eigs,
+    violation_share,
 )
 from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig
 from cdp_plugin.policy.guards import GuardedPolicyMixin, check_finite_loss, install_train_hooks
@@ -29,7 +30,7 @@ from cdp_plugin.samplers import alpha_sigma, make_scheduler
 # Optional batch keys that pin the random draws of one training step (tests, DDP equivalence checks).
 NOISE_KEY, TIMESTEPS_KEY, PROBE_KEY = "cdp.noise", "cdp.timesteps", "cdp.probe"
 # Core diagnostics logged as contraction_<key> next to LeRobot's metrics.
-DIAG_KEYS = ("lambda_max", "lambda_min", "violation_frac", "probe_rayleigh")
+DIAG_KEYS = ("lambda_max", "lambda_min", "violation_frac", "probe_rayleigh", "ritz_violation_frac")
 
 
 class ContractiveDiffusionModel(DiffusionModel):
@@ -193,8 +194,8 @@ class ContractiveDiffusionModel(DiffusionModel):
         diffusion_loss = self._diffusion_loss(pred, self._target(trajectory, eps, timesteps), batch)
         weight = self.current_weight()
         loss = diffusion_loss + weight * penalty
-        if active and ccfg.adaptive and "violation_frac" in diag:  # dual ascent: gamma of the next step
-            self.contraction_weight.fill_(dual_ascent_weight(weight, diag["violation_frac"], ccfg))
+        if active and ccfg.adaptive and (v := violation_share(diag)) is not None:  # gamma of the next step
+            self.contraction_weight.fill_(dual_ascent_weight(weight, v, ccfg))
         if training:  # nothing non-finite reaches the optimiser (policy/guards.py); LeRobot counts from 1
             terms = {"diffusion_loss": diffusion_loss, "contraction_penalty": penalty, "total": loss}
             hint = f"Lower --policy.optimizer_lr (now {cfg.optimizer_lr:g}) or check the data."

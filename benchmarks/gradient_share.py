@@ -63,15 +63,22 @@ def cell_info(cell: dict, matrix: Path) -> tuple[float, int, Path]:
 def _grad(policy, batch: dict, weight: float) -> torch.Tensor:
     """Flat gradient of the training loss on the UNet with the penalty weight set to ``weight``."""
     model = policy.diffusion
-    saved = model.contraction.weight
-    model.contraction.weight = weight
+    saved = model.current_weight()  # an adaptive gamma lives in a buffer, which each training step moves
+
+    def set_weight(w: float) -> None:
+        if model.contraction.adaptive:
+            model.contraction_weight.fill_(w)
+        else:
+            model.contraction.weight = w
+
+    set_weight(weight)
     try:
         policy.zero_grad(set_to_none=True)
         torch.manual_seed(0)  # same penalised rows and probes for every call
         loss, _ = policy.forward(batch)
         loss.backward()
     finally:
-        model.contraction.weight = saved
+        set_weight(saved)
     return torch.cat([p.grad.flatten() for p in model.unet.parameters() if p.grad is not None])
 
 
@@ -93,12 +100,12 @@ def gradient_share(ckpt: Path, dataset_root: Path, batches: int, batch_size: int
         batch[NOISE_KEY] = torch.randn(act.shape, generator=gen)
         batch[TIMESTEPS_KEY] = torch.randint(0, T, (act.shape[0],), generator=gen)
         g_diff = _grad(policy, batch, 0.0)
-        g_pen = _grad(policy, batch, ccfg.weight) - g_diff
+        g_pen = _grad(policy, batch, policy.diffusion.current_weight()) - g_diff
         shares.append((g_pen.norm() / g_diff.norm()).item())
         cosines.append(torch.nn.functional.cosine_similarity(g_pen, g_diff, dim=0).item())
     D = cfg.horizon * cfg.action_feature.shape[0]
     return {
-        "gamma": ccfg.weight,
+        "gamma": policy.diffusion.current_weight(),  # the adaptive gamma reached at this checkpoint
         "loss": ccfg.loss,
         "normalization": ccfg.normalization,
         "D": D,

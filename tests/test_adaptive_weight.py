@@ -16,6 +16,7 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file
 from test_contraction_sampler import PerStepGain, T, _sep
+from test_reliability import tiny_policy
 
 import lerobot_policy_cdp  # noqa: F401  (registers cdp)
 from cdp_plugin.bench.metrics import parse_train_log
@@ -138,43 +139,20 @@ def test_adaptive_gamma_buys_contraction_only_where_the_data_force_expansion(los
 # ---------------------------------------------------------------------------------------------- LeRobot
 
 
-def _tiny_lerobot(**kw):
-    from lerobot.configs.types import FeatureType, PolicyFeature
-
-    from cdp_plugin.policy import ContractiveDiffusionConfig, ContractiveDiffusionPolicy
-
-    cfg = ContractiveDiffusionConfig(
-        device="cpu",
-        horizon=8,
-        n_action_steps=4,
-        down_dims=(16, 32),
-        diffusion_step_embed_dim=16,
-        contraction_diag_every=0,
-        push_to_hub=False,
-        input_features={
-            "observation.state": PolicyFeature(FeatureType.STATE, (2,)),
-            "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,)),
-        },
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
-        **kw,
-    )
-    return ContractiveDiffusionPolicy(cfg)
-
-
 def test_lerobot_policy_steps_the_recurrence_and_saves_gamma(tmp_path):
     from cdp_plugin.policy import ContractiveDiffusionPolicy
 
     torch.manual_seed(0)
     kw = {f"contraction_{k}": v for k, v in ADAPTIVE.items()}
-    policy = _tiny_lerobot(**kw).train()
+    policy = tiny_policy(**kw).train()
     assert "diffusion.contraction_weight" in policy.state_dict()
-    assert "diffusion.contraction_weight" not in _tiny_lerobot().state_dict()  # the default adds nothing
+    assert "diffusion.contraction_weight" not in tiny_policy().state_dict()  # the default adds nothing
     cfg = policy.diffusion.contraction
     batch = {
         "observation.state": torch.randn(8, 2, 2),
-        "observation.environment_state": torch.randn(8, 2, 3),
-        "action": torch.rand(8, 8, 2) * 2 - 1,
-        "action_is_pad": torch.zeros(8, 8, dtype=torch.bool),
+        "observation.environment_state": torch.randn(8, 2, 16),
+        "action": torch.rand(8, 16, 2) * 2 - 1,
+        "action_is_pad": torch.zeros(8, 16, dtype=torch.bool),
     }
     gamma = 0.0
     for _ in range(4):

@@ -180,3 +180,21 @@ def test_gradient_share_reads_pusht_study_cells(tmp_path, monkeypatch):
         )
     with pytest.raises(SystemExit, match="no finished cells"):
         gs.main(["--matrix", str(tmp_path), "--task", "pusht", "--policies", "g0.1"])
+
+    # an adaptive gamma lives in a buffer: the share is measured at the gamma the checkpoint reached, and the
+    # buffer (which each training step moves) is left as it was
+    import torch
+    from test_reliability import tiny_policy
+
+    policy = tiny_policy(contraction_adaptive_target=0.3, contraction_weight=0.4).train()
+    batch = {
+        "observation.state": torch.randn(8, 2, 2),
+        "observation.environment_state": torch.randn(8, 2, 16),
+        "action": torch.rand(8, 16, 2) * 2 - 1,
+        "action_is_pad": torch.zeros(8, 16, dtype=torch.bool),
+    }
+    g0 = gs._grad(policy, batch, 0.0)
+    assert policy.diffusion.current_weight() == pytest.approx(0.4)
+    g1 = gs._grad(policy, batch, 0.4)
+    assert policy.diffusion.current_weight() == pytest.approx(0.4)
+    assert (g1 - g0).norm() > 1e-6 * g0.norm()  # gamma 0 really removed the penalty

@@ -168,6 +168,13 @@ def test_lerobot_policy_steps_the_recurrence_and_saves_gamma(tmp_path):
     )
     again = ContractiveDiffusionPolicy.from_pretrained(tmp_path)
     assert again.diffusion.current_weight() == pytest.approx(0.37)
+    # cdp-bench records the gamma reached (its reports show it beside the target)
+    from cdp_plugin.bench.aggregate import cell_gamma
+    from cdp_plugin.bench.matrix import trained_contraction
+
+    trained = trained_contraction(tmp_path)
+    assert trained["contraction_adaptive_target"] == 0.2
+    assert cell_gamma({"contraction": trained}) == pytest.approx(0.37)
 
 
 def test_lerobot_train_resume_continues_gamma(pusht_like_dataset, tmp_path):

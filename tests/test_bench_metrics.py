@@ -248,6 +248,11 @@ def test_markdown_and_plots(tmp_path):
         ["benchmarks/plots/standard_gpu/success_vs_fraction.png"],
     )
     assert "Plots: `benchmarks/plots/standard_gpu/success_vs_fraction.png`" in md
+    from cdp_plugin.bench.markdown import _gamma
+
+    adaptive = {"penalty": True, "gamma": 0.874, "adaptive_target": 0.3}
+    assert _gamma(adaptive) == "adaptive → 0.87 (target 0.3)"
+    assert _gamma({"penalty": True, "gamma": 0.2}) == "0.2" and _gamma({"penalty": False}) == "–"
     assert "pusht: Chi et al.'s 206 human demonstrations" in md
     assert f"- `{dp['id']}`: 2: 0 %, 4: " in md
     paths = make_plots(agg, prof, tmp_path)

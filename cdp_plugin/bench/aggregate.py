@@ -29,10 +29,14 @@ def window_label(a: dict, all_label: str = "all") -> str:
 
 
 def cell_gamma(cell: dict) -> float | None:
-    """The penalty weight a cell trained with: its checkpoint's config (recorded since the default moved from
-    0.1 to 0.2), else its flags, else its loss's default (frobenius 0.1, hinge 1; cdp cells only)."""
-    if "contraction_weight" in (cell.get("contraction") or {}):
-        return cell["contraction"]["contraction_weight"]
+    """The penalty weight a cell trained with: the gamma an adaptive weight reached by the end of training, its
+    checkpoint's config (recorded since the default moved from 0.1 to 0.2), else its flags, else its loss's
+    default (frobenius 0.1, hinge 1; cdp cells only)."""
+    trained = cell.get("contraction") or {}
+    if "contraction_weight_reached" in trained:
+        return trained["contraction_weight_reached"]
+    if "contraction_weight" in trained:
+        return trained["contraction_weight"]
     flags = cell.get("policy_flags") or []
     if "--policy.type=cdp" not in flags:
         return flag_value(flags, "contraction_weight", None)
@@ -149,7 +153,11 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
             "final_loss": mean([c.get("final_loss") for c in cs]),
             "modes": _modes(cs),
             "flags": flags,
-            "gamma": cell_gamma(cs[0]),
+            # an adaptive gamma differs per seed: the mean reached; a fixed one is the setting
+            "gamma": mean([cell_gamma(c) for c in cs])
+            if flag_value(flags, "contraction_adaptive_target", None) is not None
+            else cell_gamma(cs[0]),
+            "adaptive_target": flag_value(flags, "contraction_adaptive_target", None),
             "noise_window": flag_value(flags, "contraction_noise_window", [0.0, 1.0]),
             "step_window": flag_value(flags, "contraction_step_window", [0.0, 1.0]),
             "loss": loss,

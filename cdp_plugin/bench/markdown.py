@@ -103,6 +103,15 @@ def summary_lines(agg: dict) -> list[str]:
     return out
 
 
+def _gamma(a: dict) -> str:
+    """The gamma column: the weight, or for the adaptive weight the mean gamma reached and its target."""
+    if not a["penalty"]:
+        return "–"
+    if a.get("adaptive_target") is not None:
+        return f"adaptive → {_fmt(a['gamma'], '.2g')} (target {a['adaptive_target']:g})"
+    return _fmt(a["gamma"], "g")
+
+
 def _dataset_phrase(profile: dict) -> str:
     """Where each task's data came from: generated expert episodes, or Push-T's human demonstrations."""
     parts = [f"{k} {v} episodes" for k, v in profile["dataset_episodes"].items() if k in profile["tasks"]]
@@ -350,7 +359,7 @@ def penalty_markdown(agg: dict, profile: dict, meta: dict, failed: list[str], pl
                 win = "–" if not a["penalty"] else window_label(a)
                 md = a["modes"]
                 lines.append(
-                    f"| {label(k[1])} | {_fmt(a['gamma'], 'g') if a['penalty'] else '–'} | {win} | {int(frac * 100)} % | "
+                    f"| {label(k[1])} | {_gamma(a)} | {win} | {int(frac * 100)} % | "
                     f"{_pct(a)} ({_seeds([100 * x for x in a['success_per_seed']], '.0f')}; n={a['n_episodes']}) | "
                     + " | ".join(
                         _pct(a["success_by_steps"][s]) if s in a["success_by_steps"] else "–" for s in steps

@@ -369,9 +369,16 @@ def fraction_episodes(root: Path, fraction: float, seed: int) -> list[int] | Non
 
 
 def trained_contraction(ckpt: Path) -> dict:
-    """The ``contraction_*`` settings a checkpoint was trained with (empty for ``diffusion``)."""
+    """The ``contraction_*`` settings a checkpoint was trained with (empty for ``diffusion``); with the adaptive
+    weight also ``contraction_weight_reached``, the gamma its buffer held at the end of training."""
     cfg = json.loads((Path(ckpt) / "config.json").read_text())
-    return {k: v for k, v in cfg.items() if k.startswith("contraction_")}
+    out = {k: v for k, v in cfg.items() if k.startswith("contraction_")}
+    if out.get("contraction_adaptive_target") is not None:
+        from safetensors import safe_open
+
+        with safe_open(str(Path(ckpt) / "model.safetensors"), "pt") as fh:
+            out["contraction_weight_reached"] = fh.get_tensor("diffusion.contraction_weight").item()
+    return out
 
 
 def _final_checkpoint(train_dir: Path, steps: int) -> Path | None:

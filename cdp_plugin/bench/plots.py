@@ -286,7 +286,14 @@ def plot_penalty_strength(agg: dict, profile: dict, path: Path) -> Path:
             ls = "-" if f >= 1 else "--"
             groups: dict[str, list] = defaultdict(list)
             for (t, _pol, ff), a in agg.items():
-                if t == task and ff == f and a["penalty"] and a["gamma"] is not None:
+                # an adaptive gamma is an outcome, not a setting: no line of its own against gamma
+                if (
+                    t == task
+                    and ff == f
+                    and a["penalty"]
+                    and a["gamma"] is not None
+                    and not a.get("adaptive_target")
+                ):
                     loss = a.get("loss", "frobenius")
                     if loss == "hinge":  # two hinges differ in kind (Lanczos both ends, fd_ritz one-sided)
                         loss = f"hinge {a.get('estimator', 'lanczos')}"

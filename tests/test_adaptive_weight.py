@@ -168,6 +168,14 @@ def test_lerobot_policy_steps_the_recurrence_and_saves_gamma(tmp_path):
     )
     again = ContractiveDiffusionPolicy.from_pretrained(tmp_path)
     assert again.diffusion.current_weight() == pytest.approx(0.37)
+    # a checkpoint trained without the adaptive weight loads into a policy that turns it on: gamma starts at
+    # contraction_weight (the buffer is optional in the weights file, every other tensor is not)
+    plain = tmp_path / "plain"
+    tiny_policy().save_pretrained(plain)
+    cfg_on = again.config
+    cfg_on.contraction_weight = 0.25
+    turned_on = ContractiveDiffusionPolicy.from_pretrained(plain, config=cfg_on)
+    assert turned_on.diffusion.current_weight() == pytest.approx(0.25)
     # cdp-bench records the gamma reached (its reports show it beside the target)
     from cdp_plugin.bench.aggregate import cell_gamma
     from cdp_plugin.bench.matrix import trained_contraction

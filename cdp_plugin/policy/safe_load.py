@@ -119,15 +119,21 @@ def load_pre_post_processors(policy_cfg, pretrained_path: str | Path, **kwargs):
     return make_pre_post_processors(policy_cfg, pretrained_path=str(pretrained_path), **kwargs)
 
 
+# The adaptive gamma's buffer: a checkpoint trained without the adaptive weight lacks it, and a policy that
+# turns it on when loading such a checkpoint starts gamma from ``contraction_weight``.
+OPTIONAL_KEYS = frozenset({"diffusion.contraction_weight"})
+
+
 def check_weights_file(model: torch.nn.Module, model_file: str | Path) -> None:
-    """Raise :class:`CheckpointMismatchError` if ``model_file`` lacks a key of ``model``, has another shape,
-    or holds a non-finite value. Unexpected extra keys are only logged (as LeRobot does)."""
+    """Raise :class:`CheckpointMismatchError` if ``model_file`` lacks a key of ``model`` (but those in
+    :data:`OPTIONAL_KEYS`), has another shape, or holds a non-finite value. Unexpected extra keys are only
+    logged (as LeRobot does)."""
     from safetensors import safe_open
 
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     with safe_open(str(model_file), framework="pt", device="cpu") as f:
         keys = set(f.keys())
-        missing = sorted(set(expected) - keys)
+        missing = sorted(set(expected) - keys - OPTIONAL_KEYS)
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise CheckpointMismatchError(

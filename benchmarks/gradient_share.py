@@ -106,6 +106,7 @@ def gradient_share(ckpt: Path, dataset_root: Path, batches: int, batch_size: int
     D = cfg.horizon * cfg.action_feature.shape[0]
     return {
         "gamma": policy.diffusion.current_weight(),  # the adaptive gamma reached at this checkpoint
+        "adaptive": ccfg.adaptive,
         "loss": ccfg.loss,
         "normalization": ccfg.normalization,
         "D": D,
@@ -135,11 +136,13 @@ def markdown(rows: list[dict], argv: str, wall_s: float) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        paper = "–"
-        if r["loss"] == "frobenius" and r["normalization"] == "per_dim":
+        paper, gamma = "–", f"{r['gamma']:g}"
+        if r.get("adaptive"):  # each seed's gamma is where its dual variable stood at this checkpoint
+            gamma = "adaptive: " + " / ".join(f"{g:.2g}" for g in r["gammas"])
+        elif r["loss"] == "frobenius" and r["normalization"] == "per_dim":
             paper = _fmt([0.1 / r["gamma"] * s / r["D"] for s in r["shares"]])
         lines.append(
-            f"| {r['task']} | {round(100 * r['fraction'])} % | {r['policy']} | {r['loss']} | {r['gamma']:g} | {r['D']} | {r['step']} | "
+            f"| {r['task']} | {round(100 * r['fraction'])} % | {r['policy']} | {r['loss']} | {gamma} | {r['D']} | {r['step']} | "
             f"{r['seeds']} | {_fmt(r['shares'])} | {_fmt(r['cosines'], pct=False)} | {paper} | "
             f"{sum(s >= ACTS for s in r['shares'])}/{len(r['shares'])} batches |"
         )
@@ -188,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 step, ckpt = mid_checkpoint(matrix / "runs" / cell["id"] / "train")
                 r = gradient_share(ckpt, dataset, a.batches, a.batch_size)
-                per = groups.setdefault(fraction, {"shares": [], "cosines": [], "seeds": []})
+                per = groups.setdefault(fraction, {"shares": [], "cosines": [], "seeds": [], "gammas": []})
                 per["shares"] += r["shares"]
                 per["cosines"] += r["cosines"]
                 per["seeds"].append(seed)
-                per.update({k: r[k] for k in ("gamma", "loss", "normalization", "D")}, step=step)
+                per["gammas"].append(r["gamma"])
+                per.update({k: r[k] for k in ("gamma", "adaptive", "loss", "normalization", "D")}, step=step)
                 print(f"{cell['id']}: step {step}, share {_fmt(r['shares'])}", flush=True)
             for fraction, per in sorted(groups.items(), key=lambda kv: -kv[0]):
                 rows.append(

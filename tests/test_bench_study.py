@@ -185,3 +185,14 @@ def test_penalty_report_rule_and_plots(tmp_path):
     assert "stopped rising" in md
     paths = make_plots(agg, prof, tmp_path, PENALTY_PLOTS)
     assert {q.name for q in paths} == set(PENALTY_PLOTS) and all(q.stat().st_size > 10_000 for q in paths)
+
+    # a control run with an extra seed is compared with a variant on the seeds they share
+    from cdp_plugin.bench.markdown import vs_control
+
+    extra = fake_record("pointmaze", "dp_x0", 0.1, 2, [True] * 7 + [False] * 3)
+    extra["policy_flags"] = ["--policy.type=cdp", "--policy.contraction_loss=none"]
+    extra["probe"]["action_var"]["mean"] = 100.0  # an outlier seed that only the control ran
+    more = aggregate(_study_cells() + [extra])
+    ref = more[("pointmaze", "dp_x0", 0.1)]
+    assert ref["seeds"] == [0, 1, 2]
+    assert vs_control(more[("pointmaze", "g1", 0.1)], ref).endswith("action variance 0.75× DP-x0's")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdp_plugin.bench.aggregate import LOW_NOISE, label, plateau, variant_key, window_label
+from cdp_plugin.bench.aggregate import LOW_NOISE, aggregate, label, plateau, variant_key, window_label
 from cdp_plugin.envs.tasks import TASKS
 
 # Paper numbers quoted beside ours (paper.md section 5; read off charts, +-2 units). None of them uses our data.
@@ -270,8 +270,18 @@ def _range_sep(a: list, b: list) -> str:
     return "overlap"
 
 
+def same_seeds(ref: dict, a: dict) -> dict:
+    """DP-x0's statistics over the seeds ``a`` ran (a control with extra seeds is compared on the shared ones)."""
+    cs = [c for c in ref["cells"] if c["cell"]["seed"] in set(a["seeds"])]
+    if not cs or len(cs) == len(ref["cells"]):
+        return ref
+    return next(iter(aggregate(cs).values()))
+
+
 def vs_control(a: dict, ref: dict) -> str:
-    """One policy against DP-x0: success (intervals), λ-viol at the low-noise steps (seed ranges), action variance."""
+    """One policy against DP-x0 on the same seeds: success (intervals), λ-viol at the low-noise steps (seed
+    ranges), action variance."""
+    ref = same_seeds(ref, a)
     if a["ci"][0] > ref["ci"][1]:
         succ = "success wins"
     elif a["ci"][1] < ref["ci"][0]:

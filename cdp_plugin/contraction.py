@@ -110,7 +110,7 @@ __all__ = [
     "penalty_from_outputs",
     "contraction_penalty",
     "dual_ascent_weight",
-    "violation_share",
+    "steering_violation_share",
 ]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -371,7 +371,7 @@ LOSS_DEFAULTS: dict[str, dict[str, object]] = {
 LEGACY_VALUES = {"normalization": "paper_d2", "threshold": "alpha"}
 
 
-def violation_share(diag: dict[str, float]) -> float | None:
+def steering_violation_share(diag: dict[str, float]) -> float | None:
     """The share of penalised samples outside their step's window that steers the adaptive gamma, from a
     penalty's diagnostics: from the estimated extreme eigenvalues where the estimator has them
     (``violation_frac``), else from the worst Ritz value of the no-grad Krylov prepass

@@ -19,7 +19,7 @@ from cdp_plugin.contraction import (
     ContractionConfig,
     contraction_penalty,
     dual_ascent_weight,
-    violation_share,
+    steering_violation_share,
 )
 from cdp_plugin.samplers import (
     ScheduleConfig,
@@ -121,7 +121,7 @@ def train_toy(
                 y=pred,
             )
             loss = loss + gamma * pen
-            if contraction.adaptive and (v := violation_share(diag)) is not None:
+            if contraction.adaptive and (v := steering_violation_share(diag)) is not None:
                 gamma = dual_ascent_weight(gamma, v, contraction)
         opt.zero_grad()
         loss.backward()

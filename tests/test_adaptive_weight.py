@@ -25,7 +25,7 @@ from cdp_plugin.contraction import (
     StepGrid,
     contraction_penalty,
     dual_ascent_weight,
-    violation_share,
+    steering_violation_share,
 )
 from cdp_plugin.samplers import ScheduleConfig, alpha_sigma, make_scheduler
 
@@ -90,7 +90,7 @@ def _train_gains(s: float, cfg: ContractionConfig | None, steps: int = 300):
                 grid=grid,
             )
             loss = loss + gamma * pen
-            if (v := violation_share(diag)) is not None:
+            if (v := steering_violation_share(diag)) is not None:
                 gamma = dual_ascent_weight(gamma, v, cfg)
         gammas.append(gamma)
         opt.zero_grad()

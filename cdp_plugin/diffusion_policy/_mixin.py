@@ -45,7 +45,7 @@ from cdp_plugin.contraction import (
     dual_ascent_weight,
     penalty_from_outputs,
     penalty_rows,
-    violation_share,
+    steering_violation_share,
 )
 from cdp_plugin.samplers import SAMPLERS, alpha_sigma
 
@@ -337,7 +337,9 @@ class ContractiveMixin:
         )
         weight = self._cdp_weight()
         loss = diffusion_loss + weight * penalty
-        if cfg.adaptive and (v := violation_share(diag)) is not None:  # dual ascent: gamma of the next step
+        if (
+            cfg.adaptive and (v := steering_violation_share(diag)) is not None
+        ):  # dual ascent: gamma of the next step
             self.cdp_contraction_weight.fill_(dual_ascent_weight(weight, v, cfg))
         self.last_contraction = {
             "loss": float(loss.detach()),

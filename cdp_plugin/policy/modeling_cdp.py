@@ -20,8 +20,8 @@ from cdp_plugin.contraction import (
     dual_ascent_weight,
     penalty_from_outputs,
     penalty_rows,
+    steering_violation_share,
     sym_extreme_eigs,
-    violation_share,
 )
 from cdp_plugin.policy.configuration_cdp import ContractiveDiffusionConfig
 from cdp_plugin.policy.guards import GuardedPolicyMixin, check_finite_loss, install_train_hooks
@@ -194,7 +194,9 @@ class ContractiveDiffusionModel(DiffusionModel):
         diffusion_loss = self._diffusion_loss(pred, self._target(trajectory, eps, timesteps), batch)
         weight = self.current_weight()
         loss = diffusion_loss + weight * penalty
-        if active and ccfg.adaptive and (v := violation_share(diag)) is not None:  # gamma of the next step
+        if (
+            active and ccfg.adaptive and (v := steering_violation_share(diag)) is not None
+        ):  # gamma of the next step
             self.contraction_weight.fill_(dual_ascent_weight(weight, v, ccfg))
         if training:  # nothing non-finite reaches the optimiser (policy/guards.py); LeRobot counts from 1
             terms = {"diffusion_loss": diffusion_loss, "contraction_penalty": penalty, "total": loss}

@@ -978,10 +978,11 @@ def penalty_rows(
         a, c = x0_jacobian_coeffs(a_s, s_s, prediction_type)
         lower, upper = _step_bounds(cfg, a_s, timesteps, idx, grid)
         f_rows = lambda x: fn(x, idx.repeat(x.shape[0] // idx.numel()))  # noqa: E731
-        u, ritz = fd_ritz_direction(f_rows, xs.detach(), v, a, c, lower, upper, h, cfg.krylov_dim)
-        ritz = _outside(ritz, lower, upper)
-        if ESTIMATOR_REGISTRY[(cfg.loss, cfg.estimator)].prepass:  # fd_ritz probes along it; fd_probe keeps v
-            v = u
+        u, theta = fd_ritz_direction(f_rows, xs.detach(), v, a, c, lower, upper, h, cfg.krylov_dim)
+        if ESTIMATOR_REGISTRY[(cfg.loss, cfg.estimator)].prepass:  # fd_ritz probes along it (and reports its
+            v = u  # own share from that row); the adaptive fd_probe keeps its random v and measures here
+        else:
+            ritz = _outside(theta, lower, upper)
     return PenaltyRows(idx, xs + h * v, v, h, ritz_violation_frac=ritz)
 
 

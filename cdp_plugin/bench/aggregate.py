@@ -130,6 +130,7 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
         prof = [c["probe"]["lambda_profile"] for c in cs]
         flags = cs[0].get("policy_flags") or []
         loss = flag_value(flags, "contraction_loss", "frobenius")
+        adaptive_target = flag_value(flags, "contraction_adaptive_target", None)
         agg[k] = {
             "seeds": [c["cell"]["seed"] for c in cs],
             **success_stats([s for c in cs for s in c["eval"]["successes"]]),
@@ -154,10 +155,8 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
             "modes": _modes(cs),
             "flags": flags,
             # an adaptive gamma differs per seed: the mean reached; a fixed one is the setting
-            "gamma": mean([cell_gamma(c) for c in cs])
-            if flag_value(flags, "contraction_adaptive_target", None) is not None
-            else cell_gamma(cs[0]),
-            "adaptive_target": flag_value(flags, "contraction_adaptive_target", None),
+            "gamma": mean([cell_gamma(c) for c in cs]) if adaptive_target is not None else cell_gamma(cs[0]),
+            "adaptive_target": adaptive_target,
             "noise_window": flag_value(flags, "contraction_noise_window", [0.0, 1.0]),
             "step_window": flag_value(flags, "contraction_step_window", [0.0, 1.0]),
             "loss": loss,

@@ -174,6 +174,14 @@ class ContractionConfig:
         default=0.05, metadata=_doc("dual-ascent step of the adaptive gamma (per penalised training step)")
     )
     adaptive_max: float = field(default=10.0, metadata=_doc("upper bound of the adaptive gamma"))
+    adaptive_every: int = field(
+        default=1,
+        metadata=_doc(
+            "the adaptive `fd_probe` penalty runs its prepass (to measure v) on every `adaptive_every`-th "
+            "penalised step only, and gamma then takes one step of `adaptive_every * adaptive_lr`: the same "
+            "mean rate at 1/k of the prepass's cost; the other estimators measure v every step anyway"
+        ),
+    )
     margin: float = field(
         default=0.1,
         metadata=_doc("beta: Frobenius target `-beta I`; hinge threshold shrunk by beta (`margin_mode`)"),
@@ -313,6 +321,7 @@ class ContractionConfig:
             (self.krylov_dim >= 1, f"krylov_dim must be >= 1, got {self.krylov_dim}"),
             (0 < self.batch_fraction <= 1, f"batch_fraction must be in (0, 1], got {self.batch_fraction}"),
             (self.every >= 1, f"every must be >= 1, got {self.every}"),
+            (self.adaptive_every >= 1, f"adaptive_every must be >= 1, got {self.adaptive_every}"),
             (
                 len(self.noise_window) == 2 and 0 <= self.noise_window[0] < self.noise_window[1] <= 1,
                 f"noise_window must be (lo, hi) with 0 <= lo < hi <= 1, got {self.noise_window}",
@@ -351,9 +360,22 @@ class ContractionConfig:
         with it, and the adaptive ``fd_probe`` Frobenius penalty measures its violation share with it."""
         return self.fused and (ESTIMATOR_REGISTRY[(self.loss, self.estimator)].prepass or self.adaptive)
 
+    @property
+    def share_every(self) -> int:
+        """Penalised steps per measurement of the adaptive share v: ``adaptive_every`` for an estimator whose
+        prepass runs only to measure it (the adaptive ``fd_probe``), else 1 (``fd_ritz`` chooses its probe
+        with the prepass every step, the others read v off their eigenvalue estimates)."""
+        measures_only = self.ritz_prepass and not ESTIMATOR_REGISTRY[(self.loss, self.estimator)].prepass
+        return self.adaptive_every if measures_only else 1
+
     def applies_at_step(self, step: int) -> bool:
         """Whether the penalty is computed at training step ``step`` (``every``-th steps only)."""
         return self.active and step % self.every == 0
+
+    def measures_share_at_step(self, step: int) -> bool:
+        """Whether the penalised training step ``step`` measures the adaptive share (every ``share_every``-th
+        penalised step; the step counter counts all training steps, as :meth:`applies_at_step`'s)."""
+        return (step // self.every) % self.share_every == 0
 
 
 # The estimator and weight a loss gets where they are unset: each loss's pick of the penalty strength study
@@ -382,18 +404,19 @@ def steering_violation_share(diag: dict[str, float]) -> float | None:
 
 
 def dual_ascent_weight(weight: float, violation_frac: float, cfg: ContractionConfig) -> float:
-    """One dual-ascent step of the adaptive gamma: ``clip(gamma + lr (v - target), 0, adaptive_max)``.
+    """One dual-ascent step of the adaptive gamma: ``clip(gamma + k lr (v - target), 0, adaptive_max)``.
 
     gamma is the Lagrange multiplier of the constraint "share ``v`` of penalised training samples outside
     their step's contraction window <= ``adaptive_target``" (``v``: the estimator's ``violation_frac`` at
     this step). It grows while more samples violate than the target allows and decays towards 0 where the
     sampler already contracts, so no penalty is bought there and rare violations get no full-size kick.
+    ``k = cfg.share_every``: where v is measured every k-th penalised step only, one step covers k of them.
     """
     if not cfg.adaptive:
         raise ValueError("dual_ascent_weight: the contraction config has no adaptive_target")
     if not math.isfinite(violation_frac) or not 0 <= violation_frac <= 1:
         raise ValueError(f"dual_ascent_weight: violation_frac must be in [0, 1], got {violation_frac}")
-    step = cfg.adaptive_lr * (violation_frac - cfg.adaptive_target)
+    step = cfg.share_every * cfg.adaptive_lr * (violation_frac - cfg.adaptive_target)
     return min(max(float(weight) + step, 0.0), cfg.adaptive_max)
 
 
@@ -943,6 +966,7 @@ def penalty_rows(
     alpha: Tensor | float | None = None,
     sigma: Tensor | float | None = None,
     prediction_type: str | None = None,
+    measure: bool = True,
 ) -> PenaltyRows:
     """Entry point 1: which rows of the batch are penalised, and the rows to append to its forward pass.
 
@@ -953,6 +977,8 @@ def penalty_rows(
         fn, alpha, sigma, prediction_type: the denoiser ``fn(x_rows, idx)`` and the per-sample schedule,
             needed only by estimators that choose their probe direction before the forward pass
             (``fd_ritz``: its no-grad Krylov steps); the same arguments as :func:`penalty_from_outputs`.
+        measure: whether the adaptive ``fd_probe`` runs its measuring prepass at this step
+            (:meth:`ContractionConfig.measures_share_at_step`); ``fd_ritz`` runs it regardless.
     """
     B = x_t.shape[0]
     _check_finite(x_t=x_t)
@@ -967,7 +993,8 @@ def penalty_rows(
     xs = x_t[idx]
     v = pv[0] if pv is not None else _probes(xs.shape, xs, cfg.probe, generator)
     ritz = None
-    if cfg.ritz_prepass and idx.numel() > 0:
+    chooses_probe = ESTIMATOR_REGISTRY[(cfg.loss, cfg.estimator)].prepass
+    if cfg.ritz_prepass and idx.numel() > 0 and (measure or chooses_probe):
         if fn is None or alpha is None or sigma is None or prediction_type is None:
             raise ValueError(
                 f"estimator {cfg.estimator!r} (adaptive: {cfg.adaptive}) runs no-grad Krylov steps before the "
@@ -979,7 +1006,7 @@ def penalty_rows(
         lower, upper = _step_bounds(cfg, a_s, timesteps, idx, grid)
         f_rows = lambda x: fn(x, idx.repeat(x.shape[0] // idx.numel()))  # noqa: E731
         u, theta = fd_ritz_direction(f_rows, xs.detach(), v, a, c, lower, upper, h, cfg.krylov_dim)
-        if ESTIMATOR_REGISTRY[(cfg.loss, cfg.estimator)].prepass:  # fd_ritz probes along it (and reports its
+        if chooses_probe:  # fd_ritz probes along it (and reports its
             v = u  # own share from that row); the adaptive fd_probe keeps its random v and measures here
         else:
             ritz = _outside(theta, lower, upper)
@@ -1282,6 +1309,7 @@ def contraction_penalty(
     eig_diagnostics: bool = False,
     timesteps: Tensor | None = None,
     grid: StepGrid | None = None,
+    measure: bool = True,
 ) -> tuple[Tensor, dict[str, float]]:
     """Contraction penalty (unweighted by gamma) and diagnostics for a denoiser callable.
 
@@ -1304,6 +1332,7 @@ def contraction_penalty(
         alpha=alpha,
         sigma=sigma,
         prediction_type=prediction_type,
+        measure=measure,
     )
     return penalty_from_outputs(
         rows,

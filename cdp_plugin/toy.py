@@ -97,7 +97,7 @@ def train_toy(
     model = ToyDenoiser(num_train_timesteps=num_train_timesteps)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gamma = contraction.weight if contraction is not None else 0.0
-    for _ in trange(steps, disable=not progress, desc="toy"):
+    for step in trange(steps, disable=not progress, desc="toy"):
         x0 = data[torch.randint(0, n_data, (batch_size,), generator=g)]
         eps = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, num_train_timesteps, (batch_size,), generator=g)
@@ -119,6 +119,7 @@ def train_toy(
                 t_frac=t.float() / num_train_timesteps,
                 generator=g,
                 y=pred,
+                measure=contraction.measures_share_at_step(step),
             )
             loss = loss + gamma * pen
             if contraction.adaptive and (v := steering_violation_share(diag)) is not None:

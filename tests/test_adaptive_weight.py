@@ -115,6 +115,43 @@ def test_adaptive_frobenius_keeps_its_random_probe_and_measures_with_the_ritz_pr
     assert d1["probe_rayleigh"] < 1.8 * 0.9  # the random probe alone sees about the mean eigenvalue
 
 
+def test_prepass_cadence_measures_every_kth_penalised_step_at_the_same_mean_rate():
+    """``adaptive_every = k``: the adaptive ``fd_probe`` runs its measuring prepass on every k-th penalised step
+    only (the penalty is unchanged, the prepass's denoiser calls skipped), and one dual-ascent step then covers
+    k steps; ``fd_ritz`` needs its prepass every step (it chooses the probe), so k does not apply to it."""
+    cfg = ContractionConfig(
+        loss="frobenius", batch_fraction=1.0, adaptive_target=0.2, adaptive_every=3, every=2
+    )
+    assert cfg.share_every == 3
+    assert [s for s in range(14) if cfg.applies_at_step(s) and cfg.measures_share_at_step(s)] == [0, 6, 12]
+    assert dual_ascent_weight(0.0, 1.0, cfg) == pytest.approx(3 * 0.05 * 0.8)
+    ritz = ContractionConfig(loss="hinge", adaptive_target=0.2, adaptive_every=3)
+    assert ritz.share_every == 1 and dual_ascent_weight(0.0, 1.0, ritz) == pytest.approx(0.05 * 0.8)
+    assert ContractionConfig(loss="frobenius", adaptive_every=3).share_every == 1  # fixed gamma: no prepass
+
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scale = torch.linspace(0.2, 1.8, 6, dtype=torch.float64)
+    calls = []
+
+    def net(z, i):
+        calls.append(z.shape[0])
+        return z * scale
+
+    a, s = torch.full((8,), 0.8, dtype=torch.float64), torch.full((8,), 0.6, dtype=torch.float64)
+    out = {}
+    for measure in (True, False):
+        calls.clear()
+        g = torch.Generator().manual_seed(1)
+        out[measure] = contraction_penalty(net, x, a, s, "sample", cfg, generator=g, measure=measure)
+        out[measure] += (len(calls),)
+    torch.testing.assert_close(out[True][0], out[False][0])  # the same random probe, the same penalty
+    assert out[True][1]["ritz_violation_frac"] == 1.0 and "ritz_violation_frac" not in out[False][1]
+    assert steering_violation_share(out[False][1]) is None  # no share: gamma holds
+    assert out[False][2] < out[True][2]  # the prepass's denoiser calls are skipped
+    with pytest.raises(ValueError, match="adaptive_every"):
+        ContractionConfig(loss="frobenius", adaptive_target=0.2, adaptive_every=0)
+
+
 @pytest.mark.parametrize("loss", ["hinge", "frobenius"])
 def test_adaptive_gamma_buys_contraction_only_where_the_data_force_expansion(loss):
     """Data wider than the noise (s = 1.5): the exact sampler expands; gamma rises and the trained sampler
@@ -185,6 +222,37 @@ def test_lerobot_policy_steps_the_recurrence_and_saves_gamma(tmp_path):
     assert cell_gamma({"contraction": trained}) == pytest.approx(0.37)
 
 
+def test_lerobot_policy_measures_on_the_cadence():
+    """LeRobot's policy with ``contraction_adaptive_every=2``: the share is logged (measured) on steps 0 and 2
+    only, and gamma moves only after them, by 2 lr (v - target)."""
+    torch.manual_seed(0)
+    policy = tiny_policy(
+        contraction_loss="frobenius",
+        contraction_adaptive_target=0.2,
+        contraction_adaptive_lr=0.5,
+        contraction_weight=0.0,
+        contraction_adaptive_every=2,
+    ).train()
+    cfg = policy.diffusion.contraction
+    batch = {
+        "observation.state": torch.randn(8, 2, 2),
+        "observation.environment_state": torch.randn(8, 2, 16),
+        "action": torch.rand(8, 16, 2) * 2 - 1,
+        "action_is_pad": torch.zeros(8, 16, dtype=torch.bool),
+    }
+    gamma, measured = 0.0, []
+    for _ in range(4):
+        loss, info = policy.forward(batch)
+        loss.backward()
+        assert info["contraction_weight"] == pytest.approx(gamma)
+        v = info.get("contraction_ritz_violation_frac")
+        measured.append(v is not None)
+        if v is not None:
+            gamma = min(max(gamma + 2 * 0.5 * (v - 0.2), 0.0), cfg.adaptive_max)
+        assert policy.diffusion.current_weight() == pytest.approx(gamma)
+    assert measured == [True, False, True, False]
+
+
 def test_lerobot_train_resume_continues_gamma(pusht_like_dataset, tmp_path):
     """lerobot-train with the adaptive hinge; ``--resume=true`` trains its first step with the gamma the
     checkpoint saved (not the initial weight)."""
@@ -218,3 +286,25 @@ def test_lerobot_train_resume_continues_gamma(pusht_like_dataset, tmp_path):
     )
     rows = parse_train_log(proc.stdout + proc.stderr)
     assert rows[0]["step"] == 9 and rows[0]["contraction_weight"] == pytest.approx(saved, abs=1e-3), rows[:2]
+
+    # benchmarks/adaptive_share.py: the share that steers gamma, measured on every checkpoint of the run (the
+    # checkpoint's own hinge switched to the adaptive Frobenius penalty's prepass), and its table
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("adaptive_share", bench / "adaptive_share.py")
+        share = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(share)
+    finally:
+        sys.path.remove(str(bench))
+    ckpts = share.checkpoints(out)
+    assert [s for s, _ in ckpts] == [8, 10]
+    v = share.steering_share(ckpts[0][1], pusht_like_dataset, 0.5, batches=1, batch_size=8)
+    assert 0.0 <= v <= 1.0 and v * 8 == round(v * 8)  # a share of the 8 rows
+    row = {"task": "t", "fraction": 0.1, "policy": "p", "seed": 0, "shares": {8: v, 10: 0.9}}
+    table = share.markdown([row], 0.5, "", 1.0)
+    assert "| t | 10 % | p | 0 |" in table and table.rstrip().endswith("| 0.900 | **no** |")

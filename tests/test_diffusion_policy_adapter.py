@@ -332,6 +332,28 @@ def test_adaptive_weight_is_a_buffer_stepped_by_dual_ascent():
     assert resumed._cdp_weight() == pytest.approx(gamma)
 
 
+def test_adaptive_frobenius_measures_on_its_prepass_cadence():
+    """``contraction_adaptive_every=2`` with the Frobenius ``fd_probe``: the share is measured on steps 0 and 2
+    only, and the buffer moves only then, by 2 lr (v - target)."""
+    kw = dict(
+        contraction_loss="frobenius",
+        contraction_adaptive_target=0.2,
+        contraction_adaptive_lr=0.5,
+        contraction_weight=0.0,
+        contraction_adaptive_every=2,
+    )
+    cdp = _contractive_cls()(_unet(), _scheduler("sample"), DA, DO, TO, **kw)
+    gamma, measured = 0.0, []
+    for seed in range(4):
+        cdp.compute_loss(_batch(seed)).backward()
+        v = cdp.last_contraction.get("ritz_violation_frac")
+        measured.append(v is not None)
+        if v is not None:
+            gamma = min(max(gamma + 2 * 0.5 * (v - 0.2), 0.0), 10.0)
+        assert float(cdp.cdp_contraction_weight) == pytest.approx(gamma)
+    assert measured == [True, False, True, False]
+
+
 def test_every_k_steps():
     _, cdp = _pair(contraction_every=2)
     pens = []
@@ -448,6 +470,16 @@ def test_non_fused_estimators_and_dropout_path():
     p2 = cdp.last_contraction["penalty"]
     assert 0 < p1 < 10 * p2 and p2 < 10 * p1
     assert cdp.model.drop.training is False and cdp.train().model.drop.training is True
+
+    # the adaptive Frobenius penalty measures its share on the dropout path too (its prepass and its probe rows
+    # run dropout-free), so gamma moves there as on the fused path
+    cdp = _contractive_cls()(
+        DropUnet(), _scheduler("sample"), DA, DO, TO, contraction_adaptive_target=0.5, contraction_weight=0.5
+    )
+    assert not cdp._cdp_fused()
+    cdp.compute_loss(_batch()).backward()
+    v = cdp.last_contraction["ritz_violation_frac"]
+    assert v != 0.5 and float(cdp.cdp_contraction_weight) == pytest.approx(0.5 + 0.05 * (v - 0.5))
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "ddpm"])

@@ -104,9 +104,10 @@ def _dropout_off(model: nn.Module):
 class _Capture:
     """One-shot forward hooks on the denoiser: record (and for fd_probe, extend) one call's inputs."""
 
-    def __init__(self, owner: ContractiveMixin, fused: bool):
+    def __init__(self, owner: ContractiveMixin, fused: bool, measure: bool = True):
         self.owner = owner
         self.fused = fused
+        self.measure = measure  # the adaptive fd_probe measures its share at this step (its prepass cadence)
         self.calls = 0
         self.args: tuple = ()
         self.kwargs: dict = {}
@@ -167,6 +168,7 @@ class _Capture:
                 alpha=self.alpha if prepass else None,
                 sigma=self.sigma if prepass else None,
                 prediction_type=o.noise_scheduler.config.prediction_type,
+                measure=self.measure,
             )
         finally:
             self.nested = False
@@ -307,7 +309,7 @@ class ContractiveMixin:
             return loss
 
         fused = self._cdp_fused()
-        cap = _Capture(self, fused)
+        cap = _Capture(self, fused, measure=cfg.measures_share_at_step(step))
         h_pre = self.model.register_forward_pre_hook(cap.pre, with_kwargs=True)
         h_post = self.model.register_forward_hook(cap.post, with_kwargs=True)
         try:

@@ -161,6 +161,7 @@ class ContractiveDiffusionModel(DiffusionModel):
                 alpha=alpha,
                 sigma=sigma,
                 prediction_type=cfg.prediction_type,
+                measure=ccfg.measures_share_at_step(step),  # the adaptive fd_probe's prepass cadence
             )
             if active
             else None

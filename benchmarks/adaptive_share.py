@@ -89,7 +89,7 @@ def steering_share(ckpt: Path, dataset_root: Path, target: float, batches: int, 
 
 
 def markdown(rows: list[dict], target: float, argv: str, wall_s: float) -> str:
-    steps = sorted({s for r in rows for s in r["shares"]})
+    """One table per task (its checkpoints as columns), a row per cell."""
     lines = [
         "## The share that steers the adaptive gamma, per checkpoint (`benchmarks/adaptive_share.py`)",
         "",
@@ -98,21 +98,25 @@ def markdown(rows: list[dict], target: float, argv: str, wall_s: float) -> str:
         "- share v = training rows whose worst Ritz value of sym J_x0 (the adaptive Frobenius penalty's "
         "prepass) lies outside their step's contraction window, on the run's own data; gamma can rise from 0 "
         f"only where v > v* = {target:g}.",
-        "",
-        "| task | data | policy | seed | "
-        + " | ".join(f"step {s}" for s in steps)
-        + f" | max | max < {target:g} |",
-        "|---|---|---|---|" + "---|" * len(steps) + "---|---|",
     ]
-    for r in rows:
-        vals = [f"{r['shares'][s]:.3f}" if s in r["shares"] else "–" for s in steps]
-        top = max(r["shares"].values())
-        lines.append(
-            f"| {r['task']} | {round(100 * r['fraction'])} % | {r['policy']} | {r['seed']} | "
-            + " | ".join(vals)
-            + f" | {top:.3f} | "
-            f"{'yes' if top < target else '**no**'} |"
-        )
+    for task in dict.fromkeys(r["task"] for r in rows):
+        group = [r for r in rows if r["task"] == task]
+        steps = sorted({s for r in group for s in r["shares"]})
+        lines += [
+            "",
+            "| task | data | policy | seed | "
+            + " | ".join(f"step {s}" for s in steps)
+            + f" | max | max < {target:g} |",
+            "|---|---|---|---|" + "---|" * len(steps) + "---|---|",
+        ]
+        for r in group:
+            vals = [f"{r['shares'][s]:.3f}" if s in r["shares"] else "–" for s in steps]
+            top = max(r["shares"].values())
+            lines.append(
+                f"| {r['task']} | {round(100 * r['fraction'])} % | {r['policy']} | {r['seed']} | "
+                + " | ".join(vals)
+                + f" | {top:.3f} | {'yes' if top < target else '**no**'} |"
+            )
     return "\n".join(lines)
 
 

@@ -157,8 +157,9 @@ class ContractionConfig:
         # each loss's pick from the penalty strength study (benchmarks/RESULTS.md): LOSS_DEFAULTS
         default=None,
         metadata=_doc(
-            "gamma, weight of the penalty in the total loss; unset: the loss's own (frobenius 0.1, in "
-            "per-dimension units, see `normalization`; hinge 1)"
+            "gamma, weight of the penalty in the total loss (per-dimension units, see `normalization`); "
+            "unset: the loss's own (frobenius: adaptive, from 0 towards `adaptive_target` 0.6, or 0.1 fixed "
+            "with `hutchinson`; hinge 1 fixed); set with `adaptive_target` unset: fixed at this value"
         ),
     )
     adaptive_target: float | None = field(
@@ -166,20 +167,22 @@ class ContractionConfig:
         metadata=_doc(
             "set: gamma adapts by dual ascent towards this share v of penalised samples outside the step's "
             "contraction window, `gamma <- clip(gamma + adaptive_lr (v - target), 0, adaptive_max)` each "
-            "penalised step, from `weight` (v from the estimator's eigenvalues, or the worst Ritz value of "
-            "the `fd_ritz` Krylov prepass, which `fd_probe` then also runs); unset: gamma is fixed"
+            "penalised step, from `weight` (0 when unset; v from the estimator's eigenvalues, or the worst "
+            "Ritz value of the `fd_ritz` Krylov prepass, which `fd_probe` then also runs); unset: 0.6 for "
+            "frobenius when `weight` is unset too (the shipped default), else gamma is fixed"
         ),
     )
     adaptive_lr: float = field(
         default=0.05, metadata=_doc("dual-ascent step of the adaptive gamma (per penalised training step)")
     )
     adaptive_max: float = field(default=10.0, metadata=_doc("upper bound of the adaptive gamma"))
-    adaptive_every: int = field(
-        default=1,
+    adaptive_every: int | None = field(
+        default=None,
         metadata=_doc(
             "the adaptive `fd_probe` penalty runs its prepass (to measure v) on every `adaptive_every`-th "
             "penalised step only, and gamma then takes one step of `adaptive_every * adaptive_lr`: the same "
-            "mean rate at 1/k of the prepass's cost; the other estimators measure v every step anyway"
+            "mean rate at 1/k of the prepass's cost (the other estimators measure v every step anyway); "
+            "unset: 10 with the shipped adaptive default, else 1"
         ),
     )
     margin: float = field(
@@ -265,10 +268,26 @@ class ContractionConfig:
                 setattr(self, f.name, cast[base](v))
             except (TypeError, ValueError):
                 raise ValueError(f"contraction {f.name} must be a {base}, got {v!r}") from None
-        for name, value in LOSS_DEFAULTS.get(self.loss, {}).items():  # unset: the loss's own
-            if getattr(self, name) is None:
-                setattr(self, name, value)
+        self._resolve_loss_defaults()
         self.validate()
+
+    def _resolve_loss_defaults(self) -> None:
+        """Fill the unset fields with the loss's own (:data:`LOSS_DEFAULTS`): the estimator; with neither gamma
+        nor a target set, the loss's adaptive default where it has one and the estimator measures a share;
+        then gamma (an adaptive one starts from 0) and the prepass cadence."""
+        own = LOSS_DEFAULTS.get(self.loss, {})
+        if self.estimator is None:
+            self.estimator = own.get("estimator")
+        auto = own.get("adaptive")
+        est = ESTIMATOR_REGISTRY.get((self.loss, self.estimator))
+        if auto and self.weight is None and self.adaptive_target is None and est and est.measures_violation:
+            self.adaptive_target = auto["adaptive_target"]
+            if self.adaptive_every is None:
+                self.adaptive_every = auto["adaptive_every"]
+        if self.weight is None:
+            self.weight = 0.0 if self.adaptive else own.get("weight")
+        if self.adaptive_every is None:
+            self.adaptive_every = 1
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -378,13 +397,19 @@ class ContractionConfig:
         return (step // self.every) % self.share_every == 0
 
 
-# The estimator and weight a loss gets where they are unset: each loss's pick of the penalty strength study
-# (benchmarks/RESULTS.md). frobenius 0.1: the largest gamma that cost no Push-T success at 4000 steps (0.2
-# did; at 8000 steps it loses there too); hinge 1 with the fused one-sided fd_ritz estimator: PointMaze's pick
-# (exactly 0 where a step contracts; it too loses on Push-T at 8000 steps). ``none`` keeps frobenius' values
-# (unused).
+# What a loss gets where its fields are unset (ContractionConfig._resolve_loss_defaults): each loss's pick of
+# the penalty strength study (benchmarks/RESULTS.md). frobenius: the adaptive gamma (from 0, dual ascent
+# towards a share of 0.6 of penalised samples outside their step's window, its prepass every 10th step), the
+# setting that passed the rule of outputs/rule23.md on PointMaze, Lift and Push-T (RESULTS.md "Adaptive
+# weight"); a fixed gamma of 0.1 where the estimator measures no share (hutchinson) or gamma is set. hinge 1
+# fixed with the fused one-sided fd_ritz estimator (PointMaze's pick; it loses on Push-T at 8000 steps).
+# ``none`` keeps frobenius' estimator and fixed weight (unused).
 LOSS_DEFAULTS: dict[str, dict[str, object]] = {
-    "frobenius": {"estimator": "fd_probe", "weight": 0.1},
+    "frobenius": {
+        "estimator": "fd_probe",
+        "weight": 0.1,
+        "adaptive": {"adaptive_target": 0.6, "adaptive_every": 10},
+    },
     "hinge": {"estimator": "fd_ritz", "weight": 1.0},
     "none": {"estimator": "fd_probe", "weight": 0.1},
 }
@@ -796,6 +821,8 @@ def fd_ritz_direction(
     n, k = x.shape[0], krylov_dim
     norm = v.flatten(1).norm(dim=1)
     y = f(torch.cat([x, x + fd_step * v]))
+    if not torch.isfinite(y).all():  # say so here, not as a failed eigensolve below
+        raise FloatingPointError("contraction: non-finite denoiser output in the Krylov prepass (fd_ritz)")
     y0, yu = y[:n], y[n:]
     U, JU = [], []  # Arnoldi basis of J_f's Krylov space (the same space as J_x0's) and J_f on it
     u = v.flatten(1).double()

@@ -35,7 +35,7 @@ from cdp_plugin.toy import CENTRES, MODE_STD, evaluate_toy, train_toy, two_mode_
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = {
     "DP (no penalty)": None,
-    "CDP-frobenius": ContractionConfig(loss="frobenius", estimator="fd_probe"),
+    "CDP-frobenius": ContractionConfig(loss="frobenius", estimator="fd_probe", weight=0.1),
     "CDP-hinge": ContractionConfig(loss="hinge", estimator="lanczos"),
 }
 

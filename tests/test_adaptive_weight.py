@@ -106,7 +106,7 @@ def test_adaptive_frobenius_keeps_its_random_probe_and_measures_with_the_ritz_pr
     scale = torch.linspace(0.2, 1.8, 6, dtype=torch.float64)  # J_x0 = diag(scale): one direction expands
     net = lambda z, i: z * scale  # noqa: E731
     a, s = torch.full((8,), 0.8, dtype=torch.float64), torch.full((8,), 0.6, dtype=torch.float64)
-    fixed = ContractionConfig(loss="frobenius", batch_fraction=1.0)
+    fixed = ContractionConfig(loss="frobenius", batch_fraction=1.0, weight=0.1)
     adaptive = ContractionConfig(loss="frobenius", batch_fraction=1.0, adaptive_target=0.2)
     p0, d0 = contraction_penalty(net, x, a, s, "sample", fixed, generator=torch.Generator().manual_seed(1))
     p1, d1 = contraction_penalty(net, x, a, s, "sample", adaptive, generator=torch.Generator().manual_seed(1))
@@ -127,7 +127,8 @@ def test_prepass_cadence_measures_every_kth_penalised_step_at_the_same_mean_rate
     assert dual_ascent_weight(0.0, 1.0, cfg) == pytest.approx(3 * 0.05 * 0.8)
     ritz = ContractionConfig(loss="hinge", adaptive_target=0.2, adaptive_every=3)
     assert ritz.share_every == 1 and dual_ascent_weight(0.0, 1.0, ritz) == pytest.approx(0.05 * 0.8)
-    assert ContractionConfig(loss="frobenius", adaptive_every=3).share_every == 1  # fixed gamma: no prepass
+    fixed = ContractionConfig(loss="frobenius", weight=0.1, adaptive_every=3)
+    assert fixed.share_every == 1  # fixed gamma: no prepass
 
     x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     scale = torch.linspace(0.2, 1.8, 6, dtype=torch.float64)
@@ -183,7 +184,8 @@ def test_lerobot_policy_steps_the_recurrence_and_saves_gamma(tmp_path):
     kw = {f"contraction_{k}": v for k, v in ADAPTIVE.items()}
     policy = tiny_policy(**kw).train()
     assert "diffusion.contraction_weight" in policy.state_dict()
-    assert "diffusion.contraction_weight" not in tiny_policy().state_dict()  # the default adds nothing
+    assert "diffusion.contraction_weight" in tiny_policy().state_dict()  # the shipped default is adaptive
+    assert "diffusion.contraction_weight" not in tiny_policy(contraction_weight=0.1).state_dict()  # fixed
     cfg = policy.diffusion.contraction
     batch = {
         "observation.state": torch.randn(8, 2, 2),
@@ -208,7 +210,7 @@ def test_lerobot_policy_steps_the_recurrence_and_saves_gamma(tmp_path):
     # a checkpoint trained without the adaptive weight loads into a policy that turns it on: gamma starts at
     # contraction_weight (the buffer is optional in the weights file, every other tensor is not)
     plain = tmp_path / "plain"
-    tiny_policy().save_pretrained(plain)
+    tiny_policy(contraction_weight=0.1).save_pretrained(plain)  # fixed gamma: no buffer
     cfg_on = again.config
     cfg_on.contraction_weight = 0.25
     turned_on = ContractiveDiffusionPolicy.from_pretrained(plain, config=cfg_on)

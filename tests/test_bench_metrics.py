@@ -204,6 +204,16 @@ def test_aggregate_pools_seeds_and_computes_time_ratio_and_verdict():
     assert "CDP-frobenius vs DP (diffusion): wins" in v and "CDP-hinge vs DP (diffusion): ties" in v
 
 
+def test_a_default_cdp_cell_reads_its_adaptive_target_from_the_trained_config():
+    """A ``cdp`` cell with no contraction flags trains the default, an adaptive gamma: the aggregate takes the
+    target from the checkpoint's config and the gamma it reached (the flags would say a fixed weight)."""
+    cells = [fake_record("pointmaze", "cdp", 1.0, seed, [True] * 10) for seed in (0, 1)]
+    for c, reached in zip(cells, (0.4, 0.6), strict=True):
+        c["contraction"] = {"contraction_adaptive_target": 0.6, "contraction_weight_reached": reached}
+    a = aggregate(cells)[("pointmaze", "cdp", 1.0)]
+    assert a["adaptive_target"] == 0.6 and a["gamma"] == pytest.approx(0.5)
+
+
 def test_markdown_and_plots(tmp_path):
     agg = aggregate(synthetic_cells())
     prof = {

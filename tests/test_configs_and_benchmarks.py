@@ -59,11 +59,13 @@ def test_contraction_cost_benchmark_runs():
         "contraction_cost.py",
         *("--dims", "2,7", "--official-dims", "32", "--steps", "1", "--batch-size", "4", "--no-write"),
     )
-    assert "| 112 | CDP fd_probe (default) |" in out and "| 112 | official full Jacobian |" not in out
+    assert "| 112 | CDP fd_probe, fixed γ |" in out and "| 112 | official full Jacobian |" not in out
     assert "contraction_cost.py --dims 2,7 --official-dims 32" in out  # the header names the run's flags
     for name in (
         "DP (no penalty)",
-        "CDP fd_probe (default)",
+        "CDP fd_probe, fixed γ",
+        "CDP fd_probe + prepass (adaptive γ's measuring step)",
+        "CDP default: adaptive γ (fd_probe, prepass every 10th step; derived)",
         "CDP hutchinson",
         "CDP hinge lanczos",
         "official full Jacobian",

@@ -503,7 +503,7 @@ def test_entry_points_match_the_callable_path_and_guard_the_fd_step_under_amp():
     x = torch.randn(8, 6, generator=g, dtype=DT)
     alpha = torch.rand(8, generator=g, dtype=DT) * 0.9 + 0.05
     sigma = (1 - alpha**2).sqrt()
-    cfg = ContractionConfig(loss="frobenius", batch_fraction=0.5)
+    cfg = ContractionConfig(loss="frobenius", batch_fraction=0.5, weight=0.1)  # fixed: no prepass, no fn
     ref, rdiag = contraction_penalty(
         net, x, alpha, sigma, "epsilon", cfg, generator=torch.Generator().manual_seed(1)
     )
@@ -653,15 +653,27 @@ def test_fd_ritz_hinge_is_one_sided_and_a_lower_bound_of_the_exact_hinge():
 
 
 @pytest.mark.parametrize(
-    "loss, estimator, weight",
-    [("frobenius", "fd_probe", 0.1), ("hinge", "fd_ritz", 1.0), ("none", "fd_probe", 0.1)],
+    "loss, estimator, weight, target",
+    [("frobenius", "fd_probe", 0.0, 0.6), ("hinge", "fd_ritz", 1.0, None), ("none", "fd_probe", 0.1, None)],
 )
-def test_unset_estimator_and_weight_take_the_losss_own(loss, estimator, weight):
+def test_unset_estimator_and_weight_take_the_losss_own(loss, estimator, weight, target):
+    """Unset fields take the loss's own: frobenius trains with the adaptive gamma (from 0 towards a share of
+    0.6, its prepass every 10th step); a gamma set by the user is fixed, as is the default gamma 0.1 of an
+    estimator that measures no share (hutchinson); a target set alone starts gamma at 0, prepass every step."""
     from cdp_plugin.contraction import LOSS_DEFAULTS
 
     cfg = ContractionConfig(loss=loss)
-    assert (cfg.estimator, cfg.weight) == (estimator, weight) == tuple(LOSS_DEFAULTS[loss].values())
-    assert ContractionConfig(loss=loss, weight=0.5).weight == 0.5  # set: kept
+    assert (cfg.estimator, cfg.weight, cfg.adaptive_target) == (estimator, weight, target)
+    assert cfg.estimator == LOSS_DEFAULTS[loss]["estimator"]
+    assert cfg.adaptive_every == (10 if target is not None else 1)
+    fixed = ContractionConfig(loss=loss, weight=0.5)
+    assert fixed.weight == 0.5 and not fixed.adaptive and fixed.adaptive_every == 1  # set: kept, fixed
+    if loss == "frobenius":
+        assert cfg.adaptive and cfg.share_every == 10 and cfg.active
+        hutch = ContractionConfig(loss=loss, estimator="hutchinson")
+        assert (hutch.weight, hutch.adaptive) == (LOSS_DEFAULTS[loss]["weight"], False)
+        own = ContractionConfig(loss=loss, adaptive_target=0.3)
+        assert (own.weight, own.adaptive_target, own.adaptive_every) == (0.0, 0.3, 1)
     assert ContractionConfig(loss=loss, estimator=None, weight=None) == cfg
     with pytest.raises(ValueError, match="contraction weight must be a float"):
         ContractionConfig(loss=loss, weight="strong")

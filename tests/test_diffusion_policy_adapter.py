@@ -272,12 +272,18 @@ def test_penalty_in_loss_on_real_unet(pred):
 
 
 def test_fused_probe_runs_one_forward_pass():
+    """The probe rows ride in the denoising call. The default adaptive gamma adds its no-grad prepass (on the
+    penalised rows) on every 10th step only; the other steps are one call."""
     _, cdp = _pair()
-    calls = []
-    h = cdp.model.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
-    cdp.compute_loss(_batch())
+    assert cdp.contraction.adaptive and cdp.contraction.share_every == 10
+    per_step = []
+    h = cdp.model.register_forward_hook(lambda m, a, o: per_step[-1].append(a[0].shape[0]))
+    for _ in range(11):
+        per_step.append([])
+        cdp.compute_loss(_batch())
     h.remove()
-    assert calls == [2 * B]  # base rows + probe rows in a single call
+    assert all(calls == [2 * B] for calls in per_step[1:10])  # base rows + probe rows in a single call
+    assert per_step[0][-1] == per_step[10][-1] == 2 * B and len(per_step[0]) == len(per_step[10]) > 1
 
 
 def test_no_penalty_under_no_grad_and_zero_weight_is_identical():

@@ -173,7 +173,7 @@ def test_4_loading_refuses_incomplete_or_non_finite_weights(tmp_path):
         bad.mkdir()
         (bad / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
         w = dict(weights)
-        key = min(w)
+        key = min(k for k in w if k != "diffusion.contraction_weight")  # the adaptive gamma may be absent
         if case == "missing":
             del w[key]
         else:
@@ -185,6 +185,14 @@ def test_4_loading_refuses_incomplete_or_non_finite_weights(tmp_path):
     again = ContractiveDiffusionPolicy.from_pretrained(tmp_path / "ok")
     pairs = zip(policy.state_dict().values(), again.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
+    # the default's adaptive gamma is a weight like any other: a non-finite one is refused, by name
+    w = dict(weights)
+    w["diffusion.contraction_weight"] = torch.tensor(float("nan"))
+    (tmp_path / "nan_gamma").mkdir()
+    (tmp_path / "nan_gamma" / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
+    save_file(w, tmp_path / "nan_gamma" / "model.safetensors")
+    with pytest.raises(CheckpointMismatchError, match="diffusion.contraction_weight"):
+        ContractiveDiffusionPolicy.from_pretrained(tmp_path / "nan_gamma")
 
 
 def test_4_from_pretrained_on_a_diffusion_checkpoint_is_a_warm_start(tmp_path, caplog):
@@ -210,7 +218,9 @@ def test_4_from_pretrained_on_a_diffusion_checkpoint_is_a_warm_start(tmp_path, c
     policy = ContractiveDiffusionPolicy.from_pretrained(tmp_path / "dp")
     assert policy.config.type == "cdp" and policy.config.prediction_type == "epsilon"  # the DP's network kind
     assert "warm start" in caplog.text and "cdp_plugin.policy.convert" in caplog.text
-    pairs = zip(dp.state_dict().values(), policy.state_dict().values(), strict=True)
+    ours = policy.state_dict()
+    assert ours.pop("diffusion.contraction_weight").item() == 0.0  # the default adaptive gamma starts at 0
+    pairs = zip(dp.state_dict().values(), ours.values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     assert torch.isfinite(policy.select_action(dict(OBS))).all()
 

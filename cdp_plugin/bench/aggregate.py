@@ -130,7 +130,11 @@ def aggregate(cells: list[dict]) -> dict[tuple, dict]:
         prof = [c["probe"]["lambda_profile"] for c in cs]
         flags = cs[0].get("policy_flags") or []
         loss = flag_value(flags, "contraction_loss", "frobenius")
-        adaptive_target = flag_value(flags, "contraction_adaptive_target", None)
+        # the flags, else the trained config (a cdp cell with no flags trains the default, an adaptive gamma)
+        trained = cs[0].get("contraction") or {}
+        adaptive_target = flag_value(
+            flags, "contraction_adaptive_target", trained.get("contraction_adaptive_target")
+        )
         agg[k] = {
             "seeds": [c["cell"]["seed"] for c in cs],
             **success_stats([s for c in cs for s in c["eval"]["successes"]]),

@@ -101,6 +101,11 @@ def _dropout_off(model: nn.Module):
             m.train(True)
 
 
+# The adaptive gamma's buffer: the one key an adaptive policy's state_dict adds to upstream's (upstream's class
+# loads such a state_dict with strict=False; a fixed gamma adds nothing).
+ADAPTIVE_BUFFER = "cdp_contraction_weight"
+
+
 class _Capture:
     """One-shot forward hooks on the denoiser: record (and for fd_probe, extend) one call's inputs."""
 
@@ -252,7 +257,15 @@ class ContractiveMixin:
         self._cdp_step = 0
         self._cdp_sched_cache: tuple | None = None
         if cfg.adaptive:
-            self.register_buffer("cdp_contraction_weight", torch.tensor(float(cfg.weight)))
+            self.register_buffer(ADAPTIVE_BUFFER, torch.tensor(float(cfg.weight)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        """An upstream (or fixed-gamma) state_dict has no ``cdp_contraction_weight``: it loads strictly into
+        the adaptive policy, whose gamma then starts at ``contraction_weight`` (0 with the default)."""
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        key = prefix + ADAPTIVE_BUFFER
+        if key in missing:
+            missing.remove(key)
 
     def _cdp_weight(self) -> float:
         """gamma of the next training step: ``contraction_weight`` or the adaptive buffer's value."""

@@ -111,10 +111,11 @@ class ContractiveDiffusionConfig(DiffusionConfig):
         self._resolve_unset()
         if self.contraction_diag_every < 0 or self.contraction_diag_samples < 1:
             raise ValueError("`contraction_diag_every` must be >= 0 and `contraction_diag_samples` >= 1.")
-        # validates the contraction fields with clear messages; the loss's own estimator and weight fill the
-        # unset ones, so a saved config says what trained
+        # validates the contraction fields with clear messages; the loss's own estimator, weight and adaptive
+        # default fill the unset ones, so a saved config says what trained
         resolved = self.contraction_config()
-        self.contraction_estimator, self.contraction_weight = resolved.estimator, resolved.weight
+        for name in ("estimator", "weight", "adaptive_target", "adaptive_every"):
+            setattr(self, f"contraction_{name}", getattr(resolved, name))
 
     def _resolve_unset(self) -> None:
         """Fill the ``None`` contraction fields: a config decoded from a saved file (it carries features)

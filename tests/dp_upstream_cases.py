@@ -361,7 +361,7 @@ def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader,
     st = ws.model.last_contraction
     n_train_steps = 2 * 3  # debug mode: 2 epochs x 3 steps
     assert ws.model._cdp_step == n_train_steps  # validation (no_grad) added no penalty
-    assert st["penalty"] > 0 and st["weight"] == pytest.approx(ContractionConfig().weight)
+    assert st["penalty"] > 0 and st["weight"] == pytest.approx(0.1)  # the fixed gamma this run set
     assert st["loss"] == pytest.approx(st["diffusion_loss"] + st["weight"] * st["penalty"], rel=1e-6)
     logs = [json.loads(line) for line in (tmp_path / "run" / "logs.json.txt").read_text().splitlines()]
     assert any("train_loss" in r for r in logs) and any("val_loss" in r for r in logs)
@@ -410,8 +410,9 @@ def test_lowdim_workspace_trains_checkpoints_and_reloads(tiny_zarr, zarr_reader,
     stock_cfg.policy._target_ = (
         "diffusion_policy.policy.diffusion_unet_lowdim_policy.DiffusionUnetLowdimPolicy"
     )
-    for k in [k for k in stock_cfg.policy if k.startswith("contraction_") or k == "sampler"]:
-        del stock_cfg.policy[k]
+    with open_dict(stock_cfg.policy):  # keys added with `+policy.<key>=` are struct-locked
+        for k in [k for k in stock_cfg.policy if k.startswith("contraction_") or k == "sampler"]:
+            del stock_cfg.policy[k]
     ws3 = _workspace(stock_cfg, tmp_path / "stock")
     ws3.load_payload(payload)
     assert type(ws3.model) is DiffusionUnetLowdimPolicy
@@ -666,8 +667,10 @@ def test_upstream_state_dict_loads_strictly(tiny_zarr, zarr_reader, tmp_path):
     )
     cdp_ws.load_payload(payload)
     assert type(cdp_ws.model) is cdp_dp.ContractiveDiffusionUnetLowdimPolicy
-    for a, b in zip(stock_ws.model.state_dict().values(), cdp_ws.ema_model.state_dict().values()):
-        assert a.shape == b.shape
+    stock_sd, cdp_sd = stock_ws.model.state_dict(), cdp_ws.ema_model.state_dict()
+    assert set(cdp_sd) - set(stock_sd) == {"cdp_contraction_weight"}  # the default adaptive gamma
+    for k, a in stock_sd.items():
+        assert a.shape == cdp_sd[k].shape, k
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -51,10 +51,11 @@ def test_factory_resolves_cdp():
     assert get_policy_class("cdp") is ContractiveDiffusionPolicy
     cfg = make_policy_config("cdp", device="cpu")
     assert isinstance(cfg, ContractiveDiffusionConfig) and cfg.type == "cdp"
-    assert (cfg.prediction_type, cfg.sampler, cfg.contraction_weight, cfg.contraction_margin) == (
+    ccfg = (cfg.contraction_weight, cfg.contraction_adaptive_target, cfg.contraction_adaptive_every)
+    assert (cfg.prediction_type, cfg.sampler, ccfg, cfg.contraction_margin) == (
         "sample",
         "dpmsolver++",
-        0.1,  # the penalty-strength study's pick (benchmarks/RESULTS.md, "what the study says")
+        (0.0, 0.6, 10),  # the adaptive gamma: the study's pick (benchmarks/RESULTS.md, "Adaptive weight")
         0.1,
     )
     assert cfg.down_dims == (512, 1024, 2048)  # LeRobot's defaults stay
@@ -231,7 +232,7 @@ def test_warm_start_from_diffusion_checkpoint(pusht_like_dataset, tmp_path):
     dp_w = load_file(dp_ckpt / "model.safetensors")
     assert set(
         load_file(tmp_path / "warm" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors")
-    ) == set(dp_w)
+    ) == set(dp_w) | {"diffusion.contraction_weight"}  # + the default adaptive gamma
 
     # (b) documented conversion, then --policy.path like any cdp checkpoint
     conv = convert_diffusion_checkpoint(
@@ -244,6 +245,9 @@ def test_warm_start_from_diffusion_checkpoint(pusht_like_dataset, tmp_path):
 
     p = ContractiveDiffusionPolicy.from_pretrained(conv)
     for k, v in p.state_dict().items():
+        if k == "diffusion.contraction_weight":  # the default adaptive gamma, absent from a DP checkpoint
+            assert v.item() == 0.0
+            continue
         assert torch.equal(v, dp_w[k]), k
     run_cli(
         "lerobot-train",
@@ -602,7 +606,8 @@ def test_config_saved_before_normalization_loads_with_legacy_meaning(tmp_path):
 
 def test_unset_estimator_and_weight_are_the_losss_own_and_saved(tmp_path):
     """`--policy.contraction_loss=hinge` alone trains the fused one-sided hinge at its own gamma (fd_ritz, 1),
-    frobenius keeps fd_probe at 0.1, explicit values win, and the saved config says what trained."""
+    frobenius keeps fd_probe with the adaptive gamma (from 0, target 0.6, prepass every 10th step), a gamma set
+    alone is fixed, explicit values win, and the saved config says what trained."""
     import draccus
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.configs.types import FeatureType, PolicyFeature
@@ -615,7 +620,18 @@ def test_unset_estimator_and_weight_are_the_losss_own_and_saved(tmp_path):
     hinge = parse("--contraction_loss=hinge")
     assert (hinge.contraction_estimator, hinge.contraction_weight) == ("fd_ritz", 1.0)
     frob = parse("--contraction_loss=frobenius")
-    assert (frob.contraction_estimator, frob.contraction_weight) == ("fd_probe", 0.1)
+    assert (frob.contraction_estimator, frob.contraction_weight) == ("fd_probe", 0.0)
+    assert (frob.contraction_adaptive_target, frob.contraction_adaptive_every) == (0.6, 10)
+    fixed = parse("--contraction_weight=0.1")
+    assert (
+        fixed.contraction_weight,
+        fixed.contraction_adaptive_target,
+        fixed.contraction_adaptive_every,
+    ) == (
+        0.1,
+        None,
+        1,
+    )
     own = parse("--contraction_loss=hinge", "--contraction_estimator=lanczos", "--contraction_weight=3")
     assert (own.contraction_estimator, own.contraction_weight) == ("lanczos", 3.0)
     with pytest.raises(draccus.utils.ParsingError):
@@ -630,3 +646,19 @@ def test_unset_estimator_and_weight_are_the_losss_own_and_saved(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert (saved["contraction_estimator"], saved["contraction_weight"]) == ("fd_ritz", 1.0)
     assert PreTrainedConfig.from_pretrained(tmp_path).contraction_config() == cfg.contraction_config()
+    # the default's adaptive gamma is saved as such, and a config saved with a fixed gamma (every config before
+    # the adaptive default) loads fixed
+    default = ContractiveDiffusionConfig(
+        input_features=cfg.input_features, output_features=cfg.output_features
+    )
+    (tmp_path / "default").mkdir()
+    default._save_pretrained(tmp_path / "default")
+    saved = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert (saved["contraction_weight"], saved["contraction_adaptive_target"]) == (0.0, 0.6)
+    assert PreTrainedConfig.from_pretrained(tmp_path / "default").contraction_config().adaptive
+    saved.update(contraction_weight=0.1, contraction_adaptive_target=None)
+    del saved["contraction_adaptive_every"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    old = PreTrainedConfig.from_pretrained(tmp_path / "old").contraction_config()
+    assert (old.weight, old.adaptive, old.adaptive_every) == (0.1, False, 1)

@@ -436,7 +436,19 @@ class GuardedPolicyMixin:
 
     @classmethod
     def _load_as_safetensor(cls, model, model_file, map_location, strict):
-        from cdp_plugin.policy.safe_load import check_weights_file
+        """LeRobot's loader, after :func:`check_weights_file`; the adaptive gamma's buffer may be absent (a DP or
+        fixed-gamma checkpoint: gamma starts at ``contraction_weight``), which is not logged as a missing key."""
+        from lerobot.policies.utils import log_model_loading_keys
+        from lerobot.utils.device_utils import resolve_safetensors_device
+        from safetensors.torch import load_model
+
+        from cdp_plugin.policy.safe_load import OPTIONAL_KEYS, check_weights_file
 
         check_weights_file(model, model_file)
-        return super()._load_as_safetensor(model, model_file, map_location, strict)
+        device = resolve_safetensors_device(map_location)
+        missing, unexpected = load_model(model, model_file, strict=False, device=device)
+        missing = [k for k in missing if k not in OPTIONAL_KEYS]
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"{model_file}: missing keys {missing}, unexpected keys {unexpected}")
+        log_model_loading_keys(missing, unexpected)
+        return model

@@ -32,6 +32,16 @@ from cdp_plugin.samplers import ScheduleConfig, alpha_sigma, make_scheduler
 ADAPTIVE = dict(loss="hinge", adaptive_target=0.2, adaptive_lr=0.5, adaptive_max=1.0, weight=0.0)
 
 
+def tiny_batch() -> dict:
+    """A training batch for ``tiny_policy`` (8 windows)."""
+    return {
+        "observation.state": torch.randn(8, 2, 2),
+        "observation.environment_state": torch.randn(8, 2, 16),
+        "action": torch.rand(8, 16, 2) * 2 - 1,
+        "action_is_pad": torch.zeros(8, 16, dtype=torch.bool),
+    }
+
+
 def test_dual_ascent_rises_with_violations_falls_without_and_is_clipped():
     cfg = ContractionConfig(**ADAPTIVE)
     assert cfg.adaptive and cfg.active  # active from gamma 0: it may have to rise
@@ -187,12 +197,7 @@ def test_lerobot_policy_steps_the_recurrence_and_saves_gamma(tmp_path):
     assert "diffusion.contraction_weight" in tiny_policy().state_dict()  # the shipped default is adaptive
     assert "diffusion.contraction_weight" not in tiny_policy(contraction_weight=0.1).state_dict()  # fixed
     cfg = policy.diffusion.contraction
-    batch = {
-        "observation.state": torch.randn(8, 2, 2),
-        "observation.environment_state": torch.randn(8, 2, 16),
-        "action": torch.rand(8, 16, 2) * 2 - 1,
-        "action_is_pad": torch.zeros(8, 16, dtype=torch.bool),
-    }
+    batch = tiny_batch()
     gamma = 0.0
     for _ in range(4):
         loss, info = policy.forward(batch)
@@ -236,12 +241,7 @@ def test_lerobot_policy_measures_on_the_cadence():
         contraction_adaptive_every=2,
     ).train()
     cfg = policy.diffusion.contraction
-    batch = {
-        "observation.state": torch.randn(8, 2, 2),
-        "observation.environment_state": torch.randn(8, 2, 16),
-        "action": torch.rand(8, 16, 2) * 2 - 1,
-        "action_is_pad": torch.zeros(8, 16, dtype=torch.bool),
-    }
+    batch = tiny_batch()
     gamma, measured = 0.0, []
     for _ in range(4):
         loss, info = policy.forward(batch)

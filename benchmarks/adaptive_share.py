@@ -53,7 +53,6 @@ def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
     return out
 
 
-@torch.no_grad()
 def steering_share(ckpt: Path, dataset_root: Path, target: float, batches: int, batch_size: int) -> float:
     """Mean share of training rows outside their step's window, as the adaptive Frobenius penalty measures it
     (its prepass), on ``batches`` batches of the dataset with fixed noise and timesteps."""
@@ -82,8 +81,7 @@ def steering_share(ckpt: Path, dataset_root: Path, target: float, batches: int, 
         batch[NOISE_KEY] = torch.randn(batch["action"].shape, generator=gen)
         batch[TIMESTEPS_KEY] = torch.randint(0, T, (batch["action"].shape[0],), generator=gen)
         model._train_step = 0
-        with torch.enable_grad():  # the policy penalises only under grad (training), nothing is stepped
-            _, info = policy.forward(batch)
+        _, info = policy.forward(batch)  # training mode with grad: the penalty (and its prepass) runs
         shares.append(info["contraction_ritz_violation_frac"])
     return statistics.fmean(shares)
 

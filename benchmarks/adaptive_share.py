@@ -36,21 +36,9 @@ from cdp_plugin.bench.results_file import replace_section
 from cdp_plugin.policy.modeling_cdp import NOISE_KEY, TIMESTEPS_KEY
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gradient_share import cell_info  # noqa: E402
+from gradient_share import cell_info, checkpoints  # noqa: E402
 
 TAG = "bench:adaptive-share"
-
-
-def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
-    """``[(step, pretrained_model)]`` of every saved checkpoint of a LeRobot run, in step order."""
-    out = sorted(
-        (int(p.name), p / "pretrained_model")
-        for p in (train_dir / "checkpoints").glob("[0-9]*")
-        if (p / "pretrained_model" / "model.safetensors").is_file()
-    )
-    if not out:
-        raise FileNotFoundError(f"no checkpoints under {train_dir / 'checkpoints'}")
-    return out
 
 
 def steering_share(ckpt: Path, dataset_root: Path, target: float, batches: int, batch_size: int) -> float:

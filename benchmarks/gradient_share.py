@@ -40,17 +40,22 @@ ACTS = (
 )
 
 
-def mid_checkpoint(train_dir: Path) -> tuple[int, Path]:
-    """``(step, pretrained_model)`` of the first saved checkpoint at or after half of the last one."""
-    steps = sorted(
-        int(p.name)
+def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
+    """``[(step, pretrained_model)]`` of every saved checkpoint of a LeRobot run, in step order."""
+    out = sorted(
+        (int(p.name), p / "pretrained_model")
         for p in (train_dir / "checkpoints").glob("[0-9]*")
         if (p / "pretrained_model" / "model.safetensors").is_file()
     )
-    if not steps:
+    if not out:
         raise FileNotFoundError(f"no checkpoints under {train_dir / 'checkpoints'}")
-    step = next(s for s in steps if s >= steps[-1] / 2)
-    return step, train_dir / "checkpoints" / f"{step:06d}" / "pretrained_model"
+    return out
+
+
+def mid_checkpoint(train_dir: Path) -> tuple[int, Path]:
+    """``(step, pretrained_model)`` of the first saved checkpoint at or after half of the last one."""
+    saved = checkpoints(train_dir)
+    return next((s, p) for s, p in saved if s >= saved[-1][0] / 2)
 
 
 def cell_info(cell: dict, matrix: Path) -> tuple[float, int, Path]:
